@@ -7,7 +7,7 @@ The notebook stays the source of truth; the script is a scratch copy for editing
 editor. Markdown cells are written as '# %% [markdown]' followed by lines prefixed with '# '.
 Cell tags survive as '# %% tags=["parameters"]'. Outputs are never written.
 """
-import json, re, sys
+import hashlib, json, re, sys
 from pathlib import Path
 import nbformat
 
@@ -31,7 +31,8 @@ def py_to_nb(src: str) -> nbformat.NotebookNode:
             text = "\n".join(l[2:] if l.startswith('# ') else l.lstrip('#') for l in lines)
             cell = nbformat.v4.new_markdown_cell(text)
         else: cell = nbformat.v4.new_code_cell("\n".join(lines))
-        cell.pop("id", None)
+        # deterministic ids: re-converting unchanged cells gives the same ids (no churn in exports)
+        cell["id"] = hashlib.sha1(f"{len(nb.cells)}:{cell.source}".encode()).hexdigest()[:8]
         if c["tags"]: cell.metadata["tags"] = c["tags"]
         nb.cells.append(cell)
     nb.nbformat, nb.nbformat_minor = 4, 4
