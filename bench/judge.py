@@ -1,0 +1,75 @@
+"""Throughput of the judge's HTTP hot path against a bare peer, in one run.
+
+Both clients talk to the same local chat-completions server (`clvq_nb.judge.FakeChatServer` on 127.0.0.1)
+with the same request body:
+- ours: `HTTPJudge.complete` (JSON encode, keep-alive connection, retry bookkeeping, reply parsing)
+  followed by `parse_rating`, i.e. what `run_judge` does per item minus prompt building;
+- peer: a bare `http.client` keep-alive loop that posts the same bytes and json-decodes the reply.
+Also the per-item CPU cost of `build_prompt` + `parse_rating` alone (no network).
+
+    python bench/judge.py [--n 400] [--repeats 3]
+
+Prints requests/s for each and the ratio ours/peer (1.0 = no overhead over a bare client). Loops are
+bounded (n requests, a few repeats); the server stops by itself at the end.
+"""
+import argparse, http.client, json, os, time
+
+from clvq_nb.judge import FakeChatServer, HTTPJudge, build_prompt, demo_inputs, parse_rating
+
+
+def bench_ours(url: str, prompt: str, n: int) -> float:
+    j = HTTPJudge(url, "bench-model", api_key_env="CLVQ_BENCH_KEY", timeout=10)
+    j.complete(prompt)                                               # connect + warm up
+    t = time.perf_counter()
+    for _ in range(n): assert parse_rating(j.complete(prompt)) == 2
+    return n / (time.perf_counter() - t)
+
+
+def bench_peer(url: str, prompt: str, n: int) -> float:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    body = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": prompt}],
+                       "temperature": 0.0, "max_tokens": 32}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["CLVQ_BENCH_KEY"]}
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    def one():
+        c.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        return json.loads(c.getresponse().read())["choices"][0]["message"]["content"]
+    one()
+    t = time.perf_counter()
+    for _ in range(n): assert one() == "Rating: 2"
+    r = n / (time.perf_counter() - t)
+    c.close()
+    return r
+
+
+def bench_cpu(n: int) -> float:
+    sents, concepts, names = demo_inputs()
+    s, view = sents[0], concepts["clvq-vae"][0]
+    t = time.perf_counter()
+    for _ in range(n): parse_rating("I'd say **Rating: 2** out of 3." if build_prompt(s.text, names[s.pred], view, "task", None, "w") else "")
+    return n / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=400, help="requests per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many measurements")
+    a = ap.parse_args()
+    os.environ["CLVQ_BENCH_KEY"] = "bench-not-a-real-key"
+    sents, concepts, names = demo_inputs()
+    prompt = build_prompt(sents[0].text, names[sents[0].pred], concepts["clvq-vae"][0], "Movie sentiment.", None, "wonderful")
+    with FakeChatServer(reply_fn=lambda p: "Rating: 2") as srv:
+        ours = peer = 0.0
+        for _ in range(a.repeats):                                   # interleaved, best of each
+            peer = max(peer, bench_peer(srv.url, prompt, a.n))
+            ours = max(ours, bench_ours(srv.url, prompt, a.n))
+    cpu = bench_cpu(20 * a.n)
+    print(f"prompt: {len(prompt)} chars; {a.n} requests x best of {a.repeats}, local server 127.0.0.1")
+    print(f"peer  http.client keep-alive loop : {peer:8.0f} req/s")
+    print(f"ours  HTTPJudge.complete+parse    : {ours:8.0f} req/s")
+    print(f"ratio ours/peer                   : {ours / peer:8.2f}")
+    print(f"build_prompt + parse_rating (CPU) : {cpu:8.0f} items/s")
+
+
+if __name__ == "__main__":
+    main()
