@@ -1,0 +1,159 @@
+"""`clvq judge` plumbing: a finished tiny run folder -> judge inputs -> ratings JSONL (resumable) -> ranking table.
+
+The run is a random tiny BERT through the real pipeline (kmeans and SAE only, to stay fast); judges are the
+local chat-completions test server (`FakeChatServer`) and a tiny causal LM loaded from a folder.
+"""
+import json, os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clvq_nb.judge import (FakeChatServer, HFJudge, HTTPJudge, JudgeSentence, ResultStore, judge_inputs, judge_run,
+                           make_backend, tiny_causal_lm)
+
+SECRET = "sk-judge-run-test-" + "7" * 20
+KEY_ENV = "CLVQ_TEST_JUDGE_RUN_KEY"
+COLUMNS = ["dataset", "model", "method", "mean_rating", "n_judges", "rank", "winner", "n_rated", "n_missing"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    "A finished `compare` run on a tiny random BERT, with CLVQ_HOME pointing at its caches for the module's tests."
+    from clvq_nb.models import tiny_bert
+    from clvq_nb.pipeline import ExperimentConfig, compare, prepare
+    d = tmp_path_factory.mktemp("judge_run")
+    old = os.environ.get("CLVQ_HOME"); os.environ["CLVQ_HOME"] = str(d)
+    m, tok = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
+    m.save_pretrained(d / "tiny"); tok.save_pretrained(d / "tiny")
+    cfg = ExperimentConfig(model=str(d / "tiny"), layer_in=2, layer_out=4, max_sentences=240, max_train=100, codebook_size=8,
+                           epochs=2, train_minutes=0.5, sae_epochs=1, ig_steps=4, folds=2, methods="kmeans,sae",
+                           output_dir=str(d / "run"))
+    p = prepare(cfg, progress=False, log=lambda *a: None)
+    compare(p, progress=False, log=lambda *a: None)
+    yield d / "run", p
+    if old is None: os.environ.pop("CLVQ_HOME", None)
+    else: os.environ["CLVQ_HOME"] = old
+
+
+def _reply(prompt: str) -> str:
+    return f"Rating: {1 + len(prompt) % 3}"
+
+
+def test_judge_inputs_match_the_run(tiny_run):
+    run, p = tiny_run
+    sents, concepts, names, task = judge_inputs(run)
+    assert task == "movie" and names == json.loads((run / "run.json").read_text())["label_names"]
+    assert sorted(concepts) == ["kmeans", "sae"]
+    assert all(isinstance(s, JudgeSentence) for s in sents)
+    sids = [s.sid for s in sents]
+    assert len(set(sids)) == len(sids) and len(sents) >= 0.8 * len(p.data["dev"])
+    dev = p.data["dev"]
+    text = dict(zip(dev["sid"], dev["text"])); gold = dict(zip(dev["sid"], dev["label"]))
+    toks = p.dev_cache.tokens
+    tag = toks[toks.is_tag]
+    pred = dict(zip(tag.sid, tag.pred))
+    for s in sents:
+        assert s.text == text[s.sid] and s.label == gold[s.sid] and s.pred == pred[s.sid]
+        (w1, k1), (w2, k2) = s.salient["kmeans"], s.salient["sae"]
+        assert w1 == w2 and w1 in set(toks.word[(toks.sid == s.sid) & ~toks.is_tag])
+        assert k1 in concepts["kmeans"] and k2 in concepts["sae"]
+    # the concept is what the saved method assigns to the salient word's layer-l_in vector
+    import torch
+    from clvq_nb.baselines import load_method
+    from clvq_nb.metrics import salient_rows
+    from clvq_nb.pipeline import dev_salient
+    km = load_method(run / "methods" / "kmeans")
+    sal = dev_salient(p, run, progress=False)
+    rows = salient_rows(p.dev_cache, sal.index)
+    first = np.asarray(p.dev_cache.sentence_offsets)[:-1]
+    row_of = dict(zip(toks.sid.to_numpy()[first], rows))
+    x = torch.as_tensor(p.dev_cache.layer(2)[torch.as_tensor([row_of[s.sid] for s in sents[:10]])]).float()
+    assert km.assign(x).tolist() == [s.salient["kmeans"][1] for s in sents[:10]]
+    s2, c2, _, _ = judge_inputs(run, methods=["sae"])
+    assert list(c2) == ["sae"] and all(list(s.salient) == ["sae"] for s in s2)
+
+
+def test_judge_inputs_bad_input(tiny_run, tmp_path):
+    run, _ = tiny_run
+    with pytest.raises(FileNotFoundError, match="no run.json"): judge_inputs(tmp_path)
+    with pytest.raises(ValueError, match="not saved"): judge_inputs(run, methods=["clvqvae"])
+
+
+def test_http_judge_run_resume_and_no_key_leak(tiny_run, tmp_path, monkeypatch):
+    run, _ = tiny_run
+    out = tmp_path / "judge"
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeChatServer(reply_fn=_reply) as srv:
+        b = make_backend(srv.url, api_key_env=KEY_ENV, model="fake-judge")
+        assert isinstance(b, HTTPJudge)
+        t = judge_run(run, b, n=16, out=out, progress=False)
+        asked = len(srv.requests)
+        t_again = judge_run(run, b, n=16, out=out, progress=False)
+        assert len(srv.requests) == asked                                   # resumed: nothing new asked
+    assert srv.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    lines = (out / "http_fake-judge.jsonl").read_text().splitlines()
+    recs = [json.loads(l) for l in lines]
+    assert len(recs) == asked == 32                                         # 16 sentences x 2 methods, once each
+    assert {(r["judge"], r["method"]) for r in recs} == {("http:fake-judge", "kmeans"), ("http:fake-judge", "sae")}
+    assert all(r["rating"] in (1, 2, 3) and r["dataset"] == "movie" for r in recs)
+    assert len({r["sid"] for r in recs}) == 16
+    assert list(t.columns) == COLUMNS and sorted(t.method) == ["kmeans", "sae"]
+    pd.testing.assert_frame_equal(t, t_again)
+    means = pd.DataFrame(recs).groupby("method").rating.mean()
+    assert t.set_index("method").mean_rating.to_dict() == pytest.approx(means.to_dict())
+    assert t.winner.sum() >= 1 and (t.n_rated == 16).all() and (t.n_missing == 0).all()
+    for f in ("ranking.csv", "ranking.json", "ratings.html"): assert (out / f).exists(), f
+    assert pd.read_csv(out / "ranking.csv").columns.tolist() == COLUMNS
+    meta = json.loads((out / "ranking.json").read_text())
+    assert meta["judges"] == ["http:fake-judge"] and meta["agreement"] is None and meta["n_sentences"] == 16
+    assert sum(meta["strata"].values()) == 16
+    for f in out.iterdir(): assert SECRET not in f.read_text(), f
+    assert not (run / "judge").exists() or all(SECRET not in f.read_text() for f in (run / "judge").iterdir())
+
+
+def test_interrupted_run_asks_only_the_rest(tiny_run, tmp_path):
+    run, _ = tiny_run
+
+    class Dies:
+        name = "dies"
+        def __init__(self, after=None): self.calls, self.after = 0, after
+        def complete(self, prompt):
+            self.calls += 1
+            if self.after is not None and self.calls > self.after: raise RuntimeError("killed")
+            return _reply(prompt)
+
+    with pytest.raises(RuntimeError, match="killed"): judge_run(run, Dies(after=7), n=8, out=tmp_path, progress=False)
+    assert len(ResultStore(tmp_path / "dies.jsonl").records()) == 7
+    b = Dies(); t = judge_run(run, b, n=8, out=tmp_path, progress=False)
+    assert b.calls == 16 - 7 and (t.n_rated == 8).all()
+
+
+def test_hf_judge_from_folder_and_two_judges(tiny_run, tmp_path, monkeypatch):
+    run, _ = tiny_run
+    out = tmp_path / "judge"
+    lm, tok = tiny_causal_lm(); lm.save_pretrained(tmp_path / "lm"); tok.save_pretrained(tmp_path / "lm")
+    hj = make_backend(str(tmp_path / "lm"))
+    assert isinstance(hj, HFJudge) and hj.name == "hf:lm"
+    t = judge_run(run, hj, n=10, out=out, progress=False)
+    recs = ResultStore(out / "hf_lm.jsonl").records()
+    assert len(recs) == 20 and all(r["rating"] in (1, 2, 3) and len(r["probs"]) == 3 for r in recs)
+    assert (t.n_judges == 1).all()
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeChatServer(reply_fn=_reply) as srv:
+        t2 = judge_run(run, make_backend(srv.url, api_key_env=KEY_ENV, model="fake-judge"), n=10, out=out, progress=False)
+    assert (t2.n_judges == 2).all() and (t2.n_rated == 20).all()
+    meta = json.loads((out / "ranking.json").read_text())
+    assert meta["judges"] == ["hf:lm", "http:fake-judge"] and meta["agreement"]["n_units"] == 20
+    assert set(meta["per_judge"]) == {"hf:lm", "http:fake-judge"}
+
+
+def test_make_backend_specs():
+    b = make_backend("https://api.example.com/v1/", model="gpt-x", api_key_env="SOME_KEY", timeout=5)
+    assert (b.base_url, b.model, b.api_key_env, b.timeout) == ("https://api.example.com/v1", "gpt-x", "SOME_KEY", 5)
+    with pytest.raises(ValueError, match="--model"): make_backend("http://127.0.0.1:8000/v1")
+    with pytest.raises(ValueError, match="only for endpoint URLs"): make_backend("local", model="x")
+    with pytest.raises(ValueError, match="NAME of an environment variable"):
+        make_backend("http://127.0.0.1:8000/v1", model="m", api_key_env="sk-abc")
+    with pytest.raises(ValueError, match="empty"): make_backend("")
