@@ -34,7 +34,7 @@ def config_from_args(a: argparse.Namespace, cls=ExperimentConfig):
     "Build `cls` from the parsed options."
     return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls)})
 
-# %% ../nbs/12_cli.ipynb #68b327f5
+# %% ../nbs/12_cli.ipynb #a4d6c509
 def find_notebook(rel: str = "nbs/experiments/run.ipynb") -> Path | None:
     "The experiment notebook of a source checkout (None when clvq_nb is installed without its notebooks)."
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
@@ -55,7 +55,8 @@ def execute_notebook(nb: Path, out_nb: Path, params: dict, html: bool = True) ->
     "Run `nb` with papermill (kernel python3) into `out_nb`; with `html`, also write a static HTML report beside it."
     import papermill as pm
     out_nb.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name="python3", cwd=str(nb.parent), progress_bar=True)
+    pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name="python3", cwd=str(nb.parent),
+                        progress_bar=True, log_output=True)  # the pipeline's own progress shows in the terminal
     if not html: return None
     from nbconvert import HTMLExporter
     import nbformat
