@@ -19,7 +19,7 @@ from .config import ConfigMixin, clvq_home, read_json, seed_everything, stable_h
 __all__ = ['ALL_METHODS', 'PAPER_REFERENCE', 'NOTEBOOK_PARAMETERS', 'ExperimentConfig', 'Prepared', 'prepare', 'summary',
            'method_for', 'dev_salient', 'vq_metrics', 'open_run_dir', 'run_method', 'compare', 'check_parameters']
 
-# %% ../nbs/11b_pipeline.ipynb #d57bb2ef
+# %% ../nbs/11b_pipeline.ipynb #33609b3e
 ALL_METHODS = ("clvqvae", "vqvae", "agglomerative", "kmeans", "sae")
 
 @dataclass
@@ -43,7 +43,8 @@ class ExperimentConfig(ConfigMixin):
     train_minutes: float = 3.0        # time budget per VQ model on this machine (early stopping may end sooner)
     epochs: int = 50                  # maximum epochs per VQ model
     sae_epochs: int = 3
-    ig_steps: int = 50                # Integrated Gradients steps (the paper: 500; CPU default 50)
+    ig_steps: int = 20                # Integrated Gradients steps (the paper: 500; CPU default 20)
+    agglo_max_tokens: int = 15000     # Ward clustering fits a seeded sample of at most this many kept tokens (O(N^2) memory)
     folds: int = 5                    # probe CV folds (the paper: 20)
     probe_labels: str = "label"       # probe target: gold 'label' (as the authors) or the model's 'pred'
     output_dir: str = ""              # where results go; '' = <CLVQ_HOME>/runs/<experiment hash>
@@ -124,7 +125,7 @@ def summary(p: Prepared) -> dict:
             "train_cache": str(p.train_cache.path), "dev_cache": str(p.dev_cache.path),
             "timings_s": {k: round(v, 1) for k, v in p.timings.items()}}
 
-# %% ../nbs/11b_pipeline.ipynb #3b391987
+# %% ../nbs/11b_pipeline.ipynb #0f1a0e59
 PAPER_REFERENCE = {"method": "paper: CLVQ-VAE (RoBERTa, ERASER-Movie, layer 8)", "acc_original": 89.5, "acc_removed": 5.9,
                    "acc_random": 83.1, "relative_drop": 0.934}
 
@@ -135,7 +136,8 @@ def method_for(name: str, cfg: ExperimentConfig, out: Path):
         return get_method(name, codebook_size=cfg.codebook_size, seed=cfg.seed,
                           model=dict(top_k=cfg.top_k, temperature=cfg.temperature, memory=cfg.memory),
                           train=dict(max_minutes=cfg.train_minutes, epochs=cfg.epochs, amp=cfg.amp, out_dir=str(out / "train")))
-    if name in ("agglomerative", "kmeans"): return get_method(name, n_clusters=cfg.codebook_size, seed=cfg.seed)
+    if name == "agglomerative": return get_method(name, n_clusters=cfg.codebook_size, seed=cfg.seed, max_tokens=cfg.agglo_max_tokens)
+    if name == "kmeans": return get_method(name, n_clusters=cfg.codebook_size, seed=cfg.seed)
     if name == "sae": return get_method(name, epochs=cfg.sae_epochs, seed=cfg.seed)
     raise ValueError(f"unknown method {name!r}; accepted: {list(ALL_METHODS)}")
 
