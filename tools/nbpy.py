@@ -56,5 +56,9 @@ if __name__ == "__main__":
     if cmd == "to-nb":
         nb = py_to_nb(Path(a).read_text())
         Path(b).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        try:  # write it the way nbdev_clean would, so the committed file passes the clean check
+            from nbdev.clean import nbdev_clean
+            nbdev_clean(fname=b)
+        except ImportError: pass
     elif cmd == "to-py": Path(b).write_text(nb_to_py(nbformat.read(a, as_version=4)))
     else: sys.exit(f"unknown command {cmd!r}: use to-nb or to-py")
