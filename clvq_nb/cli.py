@@ -10,8 +10,8 @@ from pathlib import Path
 from .pipeline import ExperimentConfig
 
 # %% auto #0
-__all__ = ['add_config_args', 'config_from_args', 'find_notebook', 'print_summary', 'execute_notebook', 'cmd_main', 'cmd_compare',
-           'cmd_train', 'cmd_sweep', 'cmd_judge', 'build_parser', 'main']
+__all__ = ['add_config_args', 'config_from_args', 'find_notebook', 'print_summary', 'print_table', 'execute_notebook', 'cmd_main',
+           'cmd_compare', 'cmd_train', 'cmd_sweep', 'cmd_judge', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #23f1f9f5
 def _parse_opt(typ):
@@ -34,7 +34,7 @@ def config_from_args(a: argparse.Namespace, cls=ExperimentConfig):
     "Build `cls` from the parsed options."
     return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls)})
 
-# %% ../nbs/12_cli.ipynb #a4d6c509
+# %% ../nbs/12_cli.ipynb #cb6e2620
 def find_notebook(rel: str = "nbs/experiments/run.ipynb") -> Path | None:
     "The experiment notebook of a source checkout (None when clvq_nb is installed without its notebooks)."
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
@@ -50,6 +50,11 @@ def print_summary(s: dict) -> None:
     print(f"cached tokens     {s['train_tokens']} train / {s['dev_tokens']} dev, layers {s['layers']}")
     print(f"activation cache  {s['train_cache']}\n                  {s['dev_cache']}")
     print(f"timings (s)       {s['timings_s']}")
+
+def print_table(t) -> None:
+    "Print the comparison table's main columns."
+    cols = [c for c in ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "dev_fvu"] if c in t]
+    print(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 def execute_notebook(nb: Path, out_nb: Path, params: dict, html: bool = True) -> Path | None:
     "Run `nb` with papermill (kernel python3) into `out_nb`; with `html`, also write a static HTML report beside it."
@@ -89,9 +94,8 @@ def cmd_main(a) -> int:
     print_summary(info["summary"])
     import pandas as pd
     t = pd.read_csv(run_dir / "comparison.csv")
-    cols = [c for c in ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "dev_fvu"] if c in t]
     print("\n== concept removal (probe accuracy on dev [CLS] vectors, layer %d) ==" % cfg.layer_in)
-    print(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print_table(t)
     print(f"\nrun folder        {run_dir}")
     return 0
 
@@ -101,8 +105,7 @@ def cmd_compare(a) -> int:
     cfg = config_from_args(a)
     p = prepare(cfg, progress=not a.quiet)
     t = compare(p, progress=not a.quiet)
-    cols = [c for c in ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "dev_fvu"] if c in t]
-    print(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print_table(t)
     print(f"table: {cfg.run_dir() / 'comparison.csv'}  figure: {cfg.run_dir() / 'comparison.html'}")
     return 0
 
