@@ -125,7 +125,7 @@ def summary(p: Prepared) -> dict:
             "train_cache": str(p.train_cache.path), "dev_cache": str(p.dev_cache.path),
             "timings_s": {k: round(v, 1) for k, v in p.timings.items()}}
 
-# %% ../nbs/11b_pipeline.ipynb #0f1a0e59
+# %% ../nbs/11b_pipeline.ipynb #dd0373e6
 PAPER_REFERENCE = {"method": "paper: CLVQ-VAE (RoBERTa, ERASER-Movie, layer 8)", "acc_original": 89.5, "acc_removed": 5.9,
                    "acc_random": 83.1, "relative_drop": 0.934}
 
@@ -135,7 +135,7 @@ def method_for(name: str, cfg: ExperimentConfig, out: Path):
     if name in ("clvqvae", "vqvae"):
         return get_method(name, codebook_size=cfg.codebook_size, seed=cfg.seed,
                           model=dict(top_k=cfg.top_k, temperature=cfg.temperature, memory=cfg.memory),
-                          train=dict(max_minutes=cfg.train_minutes, epochs=cfg.epochs, amp=cfg.amp, out_dir=str(out / "train")))
+                          train=dict(max_minutes=cfg.train_minutes, epochs=cfg.epochs, amp=cfg.amp, out_dir=str(out)))
     if name == "agglomerative": return get_method(name, n_clusters=cfg.codebook_size, seed=cfg.seed, max_tokens=cfg.agglo_max_tokens)
     if name == "kmeans": return get_method(name, n_clusters=cfg.codebook_size, seed=cfg.seed)
     if name == "sae": return get_method(name, epochs=cfg.sae_epochs, seed=cfg.seed)
