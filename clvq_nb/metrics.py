@@ -119,13 +119,7 @@ def _early_stop_split(train_idx: np.ndarray, y: np.ndarray, frac: float, rng: np
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
 # %% ../nbs/09_metrics.ipynb #71e50bf0
-@contextlib.contextmanager
-def _threads(n: int | None):
-    "Temporarily use `n` torch threads (None: unchanged)."
-    if n is None: yield; return
-    old = torch.get_num_threads(); torch.set_num_threads(int(n))
-    try: yield
-    finally: torch.set_num_threads(old)
+from .models import torch_threads  # temporary torch thread count for probe training
 
 class FoldProbes(torch.nn.Module):
     "F independent MLPs d -> hidden -> C (ReLU, dropout) with stacked weights; `forward(x: [F, B, d]) -> [F, B, C]`."
@@ -156,7 +150,7 @@ def train_fold_probes(X: torch.Tensor, y: torch.Tensor, splits: list[tuple[np.nd
     `threads`: torch threads while training (default 1: the matrices are small, and extra threads only
     add overhead, badly so on a busy machine; None leaves the setting alone). `info` holds per-fold fit/val
     indices and the best epochs."""
-    with _threads(threads):
+    with torch_threads(threads):
         return _train_fold_probes(X, y, splits, hidden, dropout, lr, batch_size, max_epochs, patience,
                                   val_fraction, seed, progress)
 
