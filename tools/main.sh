@@ -3,8 +3,5 @@
 # fully offline. Extra arguments go to `clvq main` (see `clvq main --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/env.sh
-export PATH="$PWD/.venv/bin:$PATH"
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export CLVQ_HOME="${CLVQ_HOME:-$PWD/cache}"
+source tools/activate.sh
 exec clvq main "$@"

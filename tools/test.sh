@@ -3,10 +3,7 @@
 # pytest (fast, then the slow-flagged steps). .ci/run calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/env.sh
-export PATH="$PWD/.venv/bin:$PATH"
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export CLVQ_HOME="${CLVQ_HOME:-$PWD/cache}"
+source tools/activate.sh
 step() { echo; echo "=== $* ==="; }
 
 step "clean check: notebooks are committed without outputs or stray metadata"
