@@ -195,7 +195,7 @@ class AnnotationUI:
     def __init__(self, study: HumanStudy, annotator: str = ""):
         import ipywidgets as W
         self.study, self.session = study, None
-        self.id_box = W.Text(value=annotator, description="Your id:", placeholder="e.g. ann-01")
+        self.id_box = W.Text(value=annotator, description="Your id:", placeholder="e.g. ann-01", continuous_update=False)
         self.start = W.Button(description="Start / resume", button_style="primary")
         self.message = W.HTML()
         self.figure = W.Output()
@@ -228,12 +228,12 @@ class AnnotationUI:
         done, total = self.session.progress
         self.bar.value = done
         card = self.session.current()
-        self.figure.clear_output(wait=True)
+        self.figure.clear_output(wait=card is not None)   # when done, drop the last concept now: nothing replaces it
         for b in self.buttons: b.disabled = card is None
         if card is None:
             self.message.value = f"All {total} items answered. Thank you, {self.session.annotator}!"
             return
-        self.message.value = f"Item {done + 1} of {total}"
+        self.message.value = f"Item {done + 1} of {total} (answering as <b>{self.session.annotator}</b>)"
         with self.figure: display(concept_figure(card.concept, title=f"Concept (item {done + 1})"))
 
 # %% ../nbs/10a_human.ipynb #308812cf
