@@ -21,11 +21,11 @@ from .config import (ConfigMixin, atomic_path, atomic_write_text, clvq_home, get
                             seed_everything, stable_hash, versions, write_json)
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'TrainConfig', 'pad_collate', 'epoch_batches', 'dataset_lengths', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'config_diff', 'Trainer', 'evaluate_model', 'SyntheticPairs',
-           'TrainResult', 'split_sentences', 'train_clvqvae']
+__all__ = ['RUNTIME_FIELDS', 'PROFILES', 'TrainConfig', 'profile', 'pad_collate', 'epoch_batches', 'dataset_lengths', 'rng_state',
+           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_diff', 'Trainer', 'evaluate_model',
+           'SyntheticPairs', 'TrainResult', 'split_sentences', 'train_clvqvae']
 
-# %% ../nbs/07_trainer.ipynb #afba1a71
+# %% ../nbs/07_trainer.ipynb #8dde217e
 _AMP = ("auto", "bf16", "off")
 # fields that may change between a run and its resumption: they do not change the trajectory
 RUNTIME_FIELDS = ("epochs", "max_minutes", "max_steps", "out_dir", "resume", "device", "log_every",
@@ -38,9 +38,12 @@ class TrainConfig(ConfigMixin):
     batch_size: int = 128               # sentences per step (global: split over DDP ranks)
     weight_decay: float = 1e-4          # on weight matrices only
     epochs: int = 50                    # maximum epochs
-    patience_lr: int = 5                # ReduceLROnPlateau patience (epochs)
+    patience_lr: int = 5                # ReduceLROnPlateau patience (validations)
     lr_factor: float = 0.5              # ReduceLROnPlateau factor
-    early_stop: int = 15                # stop after this many epochs without a better validation loss
+    early_stop: int = 15                # stop after this many validations without a better validation loss
+    eval_every: int = 0                 # optimizer steps between validations (0 = at the end of each epoch, the paper)
+    min_delta: float = 0.0              # relative improvement a validation must make to count as better (0 = any)
+    init_tokens: int = 0                # init the codebook from a seeded sample of this many training tokens (0 = the first batch, the paper)
     grad_clip: float = 2.0              # max gradient norm (0 = off)
     ckpt_every: int = 200               # steps between checkpoints (0 = at epoch ends only)
     log_every: int = 20                 # steps between 'step' lines in metrics.jsonl
@@ -61,9 +64,11 @@ class TrainConfig(ConfigMixin):
         for n in ("batch_size", "epochs", "patience_lr", "early_stop"):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: bad(n, "must be a positive integer")
-        for n in ("ckpt_every", "log_every", "num_workers"):
+        for n in ("ckpt_every", "log_every", "num_workers", "init_tokens"):
             if getattr(self, n) < 0: bad(n, "must be >= 0")
         if self.weight_decay < 0: bad("weight_decay", "must be >= 0")
+        if self.eval_every < 0: bad("eval_every", "must be >= 0 (0 = validate at epoch ends)")
+        if not 0 <= self.min_delta < 1: bad("min_delta", "must be in [0, 1): a relative improvement, e.g. 0.01 for 1%")
         if not 0 < self.lr_factor < 1: bad("lr_factor", "must be in (0, 1)")
         if self.grad_clip < 0: bad("grad_clip", "must be >= 0 (0 = off)")
         if self.amp not in _AMP: bad("amp", f"must be one of {list(_AMP)}")
@@ -71,7 +76,21 @@ class TrainConfig(ConfigMixin):
         if self.max_steps is not None and self.max_steps < 1: bad("max_steps", "must be >= 1 or None")
         if self.out_dir is not None: self.out_dir = str(self.out_dir)
 
-# %% ../nbs/07_trainer.ipynb #c3803978
+# %% ../nbs/07_trainer.ipynb #5c2b797d
+PROFILES = {
+    "paper": {"model": {}, "train": {}},  # CLVQVAEConfig's and TrainConfig's defaults are the paper's
+    "cpu": {"model": {"n_layers": 2},
+            "train": {"lr": 1e-3, "batch_size": 32, "eval_every": 50, "patience_lr": 1, "early_stop": 3,
+                      "min_delta": 0.01, "init_tokens": 20000}},
+}
+
+def profile(name: str = "auto", device: str = "auto") -> dict:
+    "Model and train settings `{'model': {...}, 'train': {...}}` of profile `name`; 'auto' = 'paper' on a GPU, 'cpu' otherwise."
+    if name == "auto": name = "cpu" if get_device(device).type == "cpu" else "paper"
+    if name not in PROFILES: raise ValueError(f"unknown profile {name!r}; accepted: 'auto', {', '.join(map(repr, PROFILES))}")
+    return {k: dict(v) for k, v in PROFILES[name].items()}
+
+# %% ../nbs/07_trainer.ipynb #f61936f9
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Pad sentences `[(x [T_i, d_in], y [T_i, d_out])]` -> (x [B, T, d_in], y [B, T, d_out], mask [B, T] bool)."
     T = max(len(x) for x, _ in batch)
@@ -106,7 +125,7 @@ def dataset_lengths(ds: Dataset) -> np.ndarray:
     if isinstance(ds, Subset) and hasattr(ds.dataset, "lengths"): return np.asarray(ds.dataset.lengths)[np.asarray(ds.indices)]
     return np.array([len(ds[i][0]) for i in range(len(ds))])
 
-# %% ../nbs/07_trainer.ipynb #b2097231
+# %% ../nbs/07_trainer.ipynb #03e13f47
 def rng_state() -> dict:
     "RNG states of Python, NumPy and torch as tensors/plain values (loadable with weights_only=True)."
     v, st, gauss = random.getstate()
@@ -139,7 +158,7 @@ def config_diff(saved: dict, now: dict, ignore: tuple = ()) -> list[str]:
     keys = sorted((set(saved) | set(now)) - set(ignore))
     return [f"{k}: {saved.get(k, '<missing>')!r} -> {now.get(k, '<missing>')!r}" for k in keys if saved.get(k) != now.get(k)]
 
-# %% ../nbs/07_trainer.ipynb #bf63d1f8
+# %% ../nbs/07_trainer.ipynb #d053d52c
 def _dist_env() -> tuple[int, int]:
     "(rank, world_size) from torch.distributed or the torchrun environment."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
@@ -148,7 +167,7 @@ def _dist_env() -> tuple[int, int]:
 @dataclass
 class _State:
     epoch: int = 0; step_in_epoch: int = 0; global_step: int = 0
-    best_val: float = math.inf; bad_epochs: int = 0; finished: bool = False
+    best_val: float = math.inf; bad_evals: int = 0; finished: bool = False
     loss_sum: float = 0.0; loss_n: int = 0  # running training loss of the current epoch
 
 class Trainer:
@@ -182,7 +201,7 @@ class Trainer:
         self.opt = torch.optim.Adam([{"params": decay, "weight_decay": self.cfg.weight_decay},
                                      {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="min", factor=self.cfg.lr_factor,
-                                                                patience=self.cfg.patience_lr)
+                                                                patience=self.cfg.patience_lr, threshold=self.cfg.min_delta or 1e-4)
         self.state, self.history = _State(), []
         self._lengths = dataset_lengths(train_ds) if self.cfg.group_by_length else None
         self.out_dir = Path(self.cfg.out_dir) if self.cfg.out_dir else None
@@ -195,7 +214,7 @@ class Trainer:
     @property
     def ckpt_path(self) -> Path | None: return self.out_dir / "checkpoint.pt" if self.out_dir else None
 
-# %% ../nbs/07_trainer.ipynb #6674f71c
+# %% ../nbs/07_trainer.ipynb #a96080c9
 def _ckpt_meta(self: Trainer) -> dict:
     return {"model_config": self.raw.cfg.to_dict(), "train_config": self.cfg.to_dict(),
             "data": {"n_train": len(self.train_ds), "n_val": len(self.val_ds) if self.val_ds is not None else 0}}
@@ -251,7 +270,7 @@ def _resume(self: Trainer) -> bool:
 
 Trainer.save, Trainer.resume, Trainer._log = _save, _resume, _log
 
-# %% ../nbs/07_trainer.ipynb #35f9b1e9
+# %% ../nbs/07_trainer.ipynb #6769539c
 def _check_finite(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
     for name, t in (("x (input layer)", x), ("y (target layer)", y)):
         if not torch.isfinite(t).all():
@@ -303,7 +322,7 @@ def _evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
 
 Trainer.evaluate = _evaluate
 
-# %% ../nbs/07_trainer.ipynb #771cf877
+# %% ../nbs/07_trainer.ipynb #a12a4239
 def _stop_now(self: Trainer, t0: float) -> str | None:
     c = self.cfg
     reason = None
@@ -327,46 +346,72 @@ def _train_step(self: Trainer, x, y, mask) -> Any:
     self.opt.step()
     return out
 
-def _end_epoch(self: Trainer, train_loss: float, t_epoch: float) -> None:
+def _train_loss(self: Trainer) -> float:
+    "Mean training loss of the current epoch so far, over all ranks' batches."
+    st = self.state
+    tl = torch.tensor([st.loss_sum, st.loss_n], dtype=torch.float64, device=self.device)
+    if self.world > 1: dist.all_reduce(tl)
+    return float(tl[0] / tl[1].clamp(min=1))
+
+def _validate(self: Trainer) -> None:
+    "Validate, step the LR plateau schedule, keep the best weights, log an 'epoch' record and decide early stopping."
     st, c = self.state, self.cfg
+    train_loss = _train_loss(self)
     val = self.evaluate() if self.val_ds is not None and len(self.val_ds) else {"loss": train_loss}
     self.sched.step(val["loss"])
-    if val["loss"] < st.best_val:
-        st.best_val, st.bad_epochs = val["loss"], 0
+    if math.isinf(st.best_val) or val["loss"] < st.best_val - c.min_delta * abs(st.best_val):
+        st.best_val, st.bad_evals = val["loss"], 0
         self._best = {k: v.detach().clone().cpu() for k, v in self.raw.state_dict().items()}
         if self.is_main and self.out_dir: self.raw.save_pretrained(self.out_dir / "best")
-    else: st.bad_epochs += 1
+    else: st.bad_evals += 1
     u = self.raw.quantizer.usage_stats()
     rec = {"type": "epoch", "epoch": st.epoch, "step": st.global_step, "train_loss": train_loss,
            **{f"val_{k}": v for k, v in val.items()}, "train_perplexity": u["perplexity"], "train_active_codes": u["active_codes"],
            "dead_fraction": u["dead_fraction"], "restarts": u["restarts"], "lr": self.opt.param_groups[0]["lr"],
-           "encoder_mix": float(self.raw.encoder.mix.detach()), "bad_epochs": st.bad_epochs, "seconds": round(time.time() - t_epoch, 2)}
+           "encoder_mix": float(self.raw.encoder.mix.detach()), "bad_evals": st.bad_evals, "seconds": round(time.time() - self._t_val, 2)}
+    self._t_val = time.time()
     self._log(rec)
     if self.progress and self.is_main:
-        tqdm.write(f"epoch {st.epoch}: train {train_loss:.4f}  val {val['loss']:.4f}"
+        tqdm.write(f"epoch {st.epoch} step {st.global_step}: train {train_loss:.4f}  val {val['loss']:.4f}"
                    + (f"  fvu {val['fvu']:.3f}  ppl {val['perplexity']:.1f}  codes {val['active_codes']}/{self.raw.cfg.codebook_size}" if "fvu" in val else "")
                    + f"  lr {rec['lr']:.2g}  ({rec['seconds']:.0f}s)")
-    st.epoch, st.step_in_epoch = st.epoch + 1, 0
-    if st.bad_epochs >= c.early_stop: st.finished, self.stop_reason = True, "early_stop"
-    elif st.epoch >= c.epochs: st.finished, self.stop_reason = True, "epochs"
+    if st.bad_evals >= c.early_stop: st.finished, self.stop_reason = True, "early_stop"
+
+@torch.no_grad()
+def _init_from_sample(self: Trainer) -> None:
+    "Codebook init from the encoder outputs of a seeded sample of about `init_tokens` training tokens (split over ranks)."
+    q = self.raw.quantizer
+    if bool(q.initted): return
+    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
+    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))[self.rank::self.world]
+    take = order[:int(np.searchsorted(np.cumsum(lengths[order]), self.cfg.init_tokens // self.world)) + 1]
+    was = self.raw.training; self.raw.eval()
+    zs = []
+    for x, y, mask in _loader(self.train_ds, [take[i:i + self.local_bs].tolist() for i in range(0, len(take), self.local_bs)], self.collate_fn):
+        _check_finite(x, y, "codebook init sample")
+        x, mask = x.to(self.device), mask.to(self.device)
+        zs.append(self.raw.encoder(x)[mask].float())
+    self.raw.train(was)
+    q.init_codebook(torch.cat(zs))
 
 def _fit(self: Trainer) -> list[dict]:
     "Train until `epochs`, early stopping, `max_steps` or `max_minutes`; returns the per-epoch history (also in metrics.jsonl)."
     c, st = self.cfg, self.state
     if not self.resume():
         seed_everything(c.seed)
+        if c.init_tokens: _init_from_sample(self)
         if self.is_main and self.out_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(_metrics_path(self), "")
             write_json(self.out_dir / "config.json", {"model_config": self.raw.cfg.to_dict(), "train_config": c.to_dict()})
     st = self.state
-    if st.finished and st.epoch < c.epochs and st.bad_epochs < c.early_stop: st.finished = False  # more epochs asked
+    if st.finished and st.epoch < c.epochs and st.bad_evals < c.early_stop: st.finished = False  # more epochs asked
     t0, self.stop_reason = time.time(), None
+    self._t_val = t0
     self.raw.train()
     while not st.finished and st.epoch < c.epochs:
         batches = epoch_batches(len(self.train_ds), self.local_bs, st.epoch, c.seed, self.rank, self.world, lengths=self._lengths)
         if st.step_in_epoch == 0: self.raw.quantizer.reset_usage(); st.loss_sum, st.loss_n = 0.0, 0
-        t_epoch = time.time()
         bar = tqdm(total=len(batches), initial=st.step_in_epoch, desc=f"epoch {st.epoch}", leave=False,
                    disable=not (self.progress and self.is_main))
         for x, y, mask in _loader(self.train_ds, batches[st.step_in_epoch:], self.collate_fn, c.num_workers):
@@ -381,16 +426,20 @@ def _fit(self: Trainer) -> list[dict]:
                            "recon_loss": out.recon_loss.item(), "commit_loss": out.commit_loss.item(),
                            "perplexity": out.perplexity.item(), "active_codes": u["active_codes"], "restarts": out.restarts,
                            "lr": self.opt.param_groups[0]["lr"]})
+            if c.eval_every and st.global_step % c.eval_every == 0: _validate(self)
             if self.on_step is not None: self.on_step(self, out)
+            if st.finished: break  # early stop at a validation inside the epoch
             if c.ckpt_every and st.global_step % c.ckpt_every == 0: self.save()
             self.stop_reason = _stop_now(self, t0)
             if self.stop_reason: break
         bar.close()
         if self.stop_reason:
             self.save(); break
-        tl = torch.tensor([st.loss_sum, st.loss_n], dtype=torch.float64, device=self.device)
-        if self.world > 1: dist.all_reduce(tl)  # the mean over all ranks' batches
-        _end_epoch(self, float(tl[0] / tl[1].clamp(min=1)), t_epoch)
+        # at epoch ends; with eval_every, also after the last epoch when its last steps were not validated yet
+        if not c.eval_every or (st.epoch + 1 >= c.epochs and st.global_step % c.eval_every): _validate(self)
+        if not st.finished:
+            st.epoch, st.step_in_epoch = st.epoch + 1, 0
+            if st.epoch >= c.epochs: st.finished, self.stop_reason = True, "epochs"
         self.save()
     # the best validated weights (also after a budget stop: a resumed run restarts from the checkpoint, not from these)
     if c.restore_best and self._best is not None: self.raw.load_state_dict(self._best)
@@ -399,7 +448,7 @@ def _fit(self: Trainer) -> list[dict]:
 
 Trainer.fit = _fit
 
-# %% ../nbs/07_trainer.ipynb #7ad41e88
+# %% ../nbs/07_trainer.ipynb #74271a15
 class SyntheticPairs(Dataset):
     "Sentences of `(x [T, d_in], y [T, d_out])`: x from `n_clusters` Gaussian blobs, y = tanh(x W) + mean-over-sentence term. For tests and demos."
     def __init__(self, n: int = 256, d_in: int = 16, d_out: int = 8, min_len: int = 3, max_len: int = 12,
@@ -416,7 +465,7 @@ class SyntheticPairs(Dataset):
     def __len__(self) -> int: return len(self.items)
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: return self.items[i]
 
-# %% ../nbs/07_trainer.ipynb #dbd89bbf
+# %% ../nbs/07_trainer.ipynb #378fe352
 @dataclass
 class TrainResult:
     "What `train_clvqvae` returns."

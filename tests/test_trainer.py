@@ -119,13 +119,63 @@ def test_early_stopping_plateau_and_best_restored(tmp_path):
     t.evaluate = lambda ds=None: {**real_eval(ds), "loss": next(script)}
     hist = t.fit()
     assert t.stop_reason == "early_stop" and len(hist) == 5
-    assert [h["bad_epochs"] for h in hist] == [0, 0, 1, 2, 3]
+    assert [h["bad_evals"] for h in hist] == [0, 0, 1, 2, 3]
     # ReduceLROnPlateau(patience=1) halves the lr once two epochs in a row fail to improve
     assert [h["lr"] for h in hist] == [5e-3, 5e-3, 5e-3, 2.5e-3, 2.5e-3]
     best = CLVQVAE.from_pretrained(tmp_path / "best")
     assert_same_weights(best, t.raw.cpu().eval())  # the epoch-1 weights were restored ...
     last = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     assert not torch.equal(last["proj.weight"], t.raw.state_dict()["proj.weight"])  # ... not the last ones
+
+
+def test_eval_every_min_delta_stops_inside_an_epoch(tmp_path):
+    # validations every 2 steps (4 steps per epoch); a 10% gain on the best is needed to count as better
+    t = trainer(tmp_path, epochs=30, eval_every=2, early_stop=3, min_delta=0.1, patience_lr=1, log_every=0)
+    script = iter([3.0, 2.0, 2.5, 1.9, 1.85])  # 1.9 and 1.85 improve on 2.0 by less than 10%
+    real_eval = t.evaluate
+    t.evaluate = lambda ds=None: {**real_eval(ds), "loss": next(script)}
+    hist = t.fit()
+    assert t.stop_reason == "early_stop" and t.state.finished
+    assert [h["step"] for h in hist] == [2, 4, 6, 8, 10] and [h["epoch"] for h in hist] == [0, 0, 1, 1, 2]
+    assert t.state.global_step == 10 and t.state.step_in_epoch == 2  # stopped in the middle of epoch 2
+    assert [h["bad_evals"] for h in hist] == [0, 0, 1, 2, 3]
+    assert [h["lr"] for h in hist] == [5e-3, 5e-3, 5e-3, 2.5e-3, 2.5e-3]  # the plateau schedule uses the same threshold
+    best = CLVQVAE.from_pretrained(tmp_path / "best")
+    assert_same_weights(best, t.raw.cpu().eval())  # the step-4 weights, not those of the slightly lower 1.85
+
+
+def test_eval_every_validates_the_last_steps():
+    t = trainer(None, epochs=2, eval_every=3)  # 8 steps: validations at 3, 6 and, after the last epoch, 8
+    assert [h["step"] for h in t.fit()] == [3, 6, 8] and t.stop_reason == "epochs"
+    t = trainer(None, epochs=2, eval_every=50)  # never reached: the end of training is still validated
+    assert [h["step"] for h in t.fit()] == [8]
+
+
+@pytest.mark.parametrize("crash,ckpt", [(5, 4), (8, 6)])
+def test_resume_with_eval_every_is_bit_identical(tmp_path, crash, ckpt):
+    full = trainer(tmp_path / "full", eval_every=3); full.fit()
+    d = tmp_path / "crash"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer(d, eval_every=3, on_step=crash_at(crash)).fit()
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["global_step"] == ckpt
+    resumed = trainer(d, seed=99, eval_every=3); resumed.fit()
+    assert_same_weights(full.raw, resumed.raw)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(resumed.history) == strip(full.history) and [r["step"] for r in full.history] == [3, 6, 9, 12]
+
+
+@pytest.mark.parametrize("init_tokens", [0, 100])
+def test_codebook_init_sample(init_tokens):
+    # init_tokens > 0: the codes come from a seeded sample of about that many training tokens, before the first step
+    t = trainer(None, init_tokens=init_tokens, max_steps=1)
+    seen, real = [], t.raw.quantizer.init_codebook
+    t.raw.quantizer.init_codebook = lambda x: (seen.append((t.state.global_step, x.shape[0])), real(x))
+    t.fit()
+    assert len(seen) == 1 and seen[0][0] == 0
+    if init_tokens: assert 100 <= seen[0][1] <= 100 + 12  # up to the sentence that crosses 100 (<= 12 tokens)
+    else: assert 32 * 3 <= seen[0][1] <= 32 * 12      # the first batch: 32 sentences of 3-12 tokens
+    again = trainer(None, init_tokens=init_tokens, max_steps=1); again.fit()
+    assert torch.equal(again.raw.quantizer.embed, t.raw.quantizer.embed)  # seeded
 
 
 def test_max_minutes_budget():
