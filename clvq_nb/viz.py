@@ -87,7 +87,8 @@ def read_history(path: str | Path) -> pd.DataFrame:
 def normalize_history(h: pd.DataFrame) -> pd.DataFrame:
     """Long form with a `split` column. Accepts the trainer's `metrics.jsonl` (rows `type='epoch'` with
     `train_<m>`/`val_<m>` columns: only the epoch rows are kept, `val` becomes split `dev`) or rows that already have `split`."""
-    if "type" in h.columns: h = h[h["type"] == "epoch"].drop(columns="type")
+    if "type" in h.columns:  # the step lines' columns (loss, perplexity, ...) go with them
+        h = h[h["type"] == "epoch"].drop(columns="type").dropna(axis=1, how="all")
     if "split" in h.columns or h.empty: return h.reset_index(drop=True)
     pref = {"train_": "train", "val_": "dev"}
     metric_cols = [c for c in h.columns if any(c.startswith(p) for p in pref)]
@@ -112,7 +113,10 @@ def training_curves_figure(history: pd.DataFrame | str | Path | Iterable[dict],
     present = [m for m in metrics if m in h.columns]
     if not present:
         raise ValueError(f"history has none of the metrics {list(metrics)}; its columns are {list(h.columns)}")
-    if x is None: x = next((c for c in ("epoch", "step") if c in h.columns), None)
+    if x is None:  # epoch, unless several validations share an epoch (TrainConfig.eval_every): then step
+        key = ["split"] if "split" in h.columns else []
+        cands = [c for c in ("epoch", "step") if c in h.columns]
+        x = next((c for c in cands if not h.duplicated(key + [c]).any()), cands[-1] if cands else None)
     xs = h[x] if x else pd.Series(np.arange(len(h)))
     splits = list(dict.fromkeys(h["split"])) if "split" in h.columns else [None]
     fig = make_subplots(rows=len(present), cols=1, shared_xaxes=True, vertical_spacing=0.08,

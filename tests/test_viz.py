@@ -49,6 +49,19 @@ def test_training_curves_from_demo_history(demo):
     assert list(dev_pp.y) == h[h.split == "dev"]["perplexity"].tolist() and list(dev_pp.x) == h[h.split == "dev"]["epoch"].tolist()
 
 
+
+def test_training_curves_x_axis_is_step_when_validations_share_an_epoch():
+    # TrainConfig.eval_every: several validation records per epoch -> the x axis is the step
+    recs = [dict(type="epoch", epoch=e, step=s, train_loss=1.0 / s, val_loss=1.1 / s, train_perplexity=float(s), val_perplexity=float(s))
+            for e, s in [(0, 50), (0, 100), (1, 150), (1, 200)]]
+    fig = training_curves_figure(recs, metrics=("perplexity",))
+    assert all(list(tr.x) == [50, 100, 150, 200] for tr in fig.data)
+    per_epoch = [dict(r, step=r["step"], epoch=k) for k, r in enumerate(recs)]  # one validation per epoch -> epoch
+    steps = [dict(type="step", epoch=0, step=s, loss=0.5, perplexity=3.0, active_codes=4) for s in (20, 40)]  # trainer step lines
+    mixed = training_curves_figure(steps + [dict(r, type="epoch") for r in recs], metrics=("perplexity",))
+    assert all(list(tr.x) == [50, 100, 150, 200] for tr in mixed.data)  # only the validation records are drawn
+    assert all(list(tr.x) == [0, 1, 2, 3] for tr in training_curves_figure(per_epoch, metrics=("perplexity",)).data)
+
 def test_concept_records_accepts_objects_and_shapes():
     class FakeConcepts:                                    # the shape clvq_nb.concepts may return
         def to_records(self):
