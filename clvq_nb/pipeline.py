@@ -19,7 +19,7 @@ from .config import ConfigMixin, clvq_home, read_json, seed_everything, stable_h
 __all__ = ['ALL_METHODS', 'PAPER_REFERENCE', 'NOTEBOOK_PARAMETERS', 'ExperimentConfig', 'Prepared', 'prepare', 'summary',
            'method_for', 'dev_salient', 'vq_metrics', 'open_run_dir', 'run_method', 'compare', 'check_parameters']
 
-# %% ../nbs/11b_pipeline.ipynb #33609b3e
+# %% ../nbs/11b_pipeline.ipynb #ed4da2a3
 ALL_METHODS = ("clvqvae", "vqvae", "agglomerative", "kmeans", "sae")
 
 @dataclass
@@ -40,7 +40,8 @@ class ExperimentConfig(ConfigMixin):
     temperature: float = 1.0          # ... with p = softmax(-d / temperature)
     memory: str = "quantized"         # decoder memory: 'quantized' (honest bottleneck) or 'continuous' (authors' code)
     amp: str = "bf16"                 # VQ models: bf16 autocast (~2.5x faster than fp32 on this CPU) or 'off' / 'auto'
-    train_minutes: float = 3.0        # time budget per VQ model on this machine (early stopping may end sooner)
+    profile: str = "auto"             # VQ models: 'cpu', 'paper' or 'auto' (paper on a GPU, else cpu); clvq_nb.trainer.PROFILES
+    train_minutes: float = 5.0        # time budget per VQ model (a cap: the cpu profile stops early in about 2 min here)
     epochs: int = 50                  # maximum epochs per VQ model
     sae_epochs: int = 3
     ig_steps: int = 20                # Integrated Gradients steps (the paper: 500; CPU default 20)
@@ -64,6 +65,17 @@ class ExperimentConfig(ConfigMixin):
         if self.probe_labels not in ("label", "pred"): raise ValueError(f"probe_labels must be 'label' or 'pred', got {self.probe_labels!r}")
         if self.codebook_size < 2: raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
         if self.folds < 2: raise ValueError(f"folds must be >= 2, got {self.folds}")
+        from clvq_nb.trainer import profile
+        profile(self.profile)  # validates the name
+
+    def vq_settings(self, out_dir) -> tuple[dict, dict]:
+        "CLVQVAEConfig and TrainConfig fields of the VQ models: the profile's, then this experiment's own."
+        from clvq_nb.trainer import profile
+        prof = profile(self.profile)
+        model = {**prof["model"], "top_k": self.top_k, "temperature": self.temperature, "memory": self.memory}
+        train = {**prof["train"], "max_minutes": self.train_minutes, "epochs": self.epochs, "amp": self.amp,
+                 "seed": self.seed, "out_dir": str(out_dir)}
+        return model, train
 
     def method_list(self) -> list[str]:
         "The methods to run, validated against the registry."
@@ -125,7 +137,7 @@ def summary(p: Prepared) -> dict:
             "train_cache": str(p.train_cache.path), "dev_cache": str(p.dev_cache.path),
             "timings_s": {k: round(v, 1) for k, v in p.timings.items()}}
 
-# %% ../nbs/11b_pipeline.ipynb #dd0373e6
+# %% ../nbs/11b_pipeline.ipynb #7ebb0c98
 PAPER_REFERENCE = {"method": "paper: CLVQ-VAE (RoBERTa, ERASER-Movie, layer 8)", "acc_original": 89.5, "acc_removed": 5.9,
                    "acc_random": 83.1, "relative_drop": 0.934}
 
@@ -133,9 +145,8 @@ def method_for(name: str, cfg: ExperimentConfig, out: Path):
     "Build method `name` with the experiment's settings (training output under `out`)."
     from clvq_nb.baselines import get_method
     if name in ("clvqvae", "vqvae"):
-        return get_method(name, codebook_size=cfg.codebook_size, seed=cfg.seed,
-                          model=dict(top_k=cfg.top_k, temperature=cfg.temperature, memory=cfg.memory),
-                          train=dict(max_minutes=cfg.train_minutes, epochs=cfg.epochs, amp=cfg.amp, out_dir=str(out)))
+        model, train = cfg.vq_settings(out)
+        return get_method(name, codebook_size=cfg.codebook_size, seed=cfg.seed, model=model, train=train)
     if name == "agglomerative": return get_method(name, n_clusters=cfg.codebook_size, seed=cfg.seed, max_tokens=cfg.agglo_max_tokens)
     if name == "kmeans": return get_method(name, n_clusters=cfg.codebook_size, seed=cfg.seed)
     if name == "sae": return get_method(name, epochs=cfg.sae_epochs, seed=cfg.seed)
@@ -266,11 +277,11 @@ def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame:
     write_json(run_dir / "run.json", info)
     return table
 
-# %% ../nbs/11b_pipeline.ipynb #de79255c
+# %% ../nbs/11b_pipeline.ipynb #4a522fcc
 NOTEBOOK_PARAMETERS = {"dataset": "dataset", "model": "model", "layer_in": "layer_in", "layer_out": "layer_out",
                        "method": "methods", "codebook_size": "codebook_size", "top_k": "top_k", "temperature": "temperature",
                        "seed": "seed", "max_sentences": "max_sentences", "output_dir": "output_dir",
-                       "train_minutes": "train_minutes", "ig_steps": "ig_steps", "folds": "folds", "memory": "memory",
+                       "train_minutes": "train_minutes", "profile": "profile", "ig_steps": "ig_steps", "folds": "folds", "memory": "memory",
                        "overwrite": "overwrite"}
 
 def check_parameters(ns: dict) -> ExperimentConfig:
