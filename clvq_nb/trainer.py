@@ -158,7 +158,7 @@ def config_diff(saved: dict, now: dict, ignore: tuple = ()) -> list[str]:
     keys = sorted((set(saved) | set(now)) - set(ignore))
     return [f"{k}: {saved.get(k, '<missing>')!r} -> {now.get(k, '<missing>')!r}" for k in keys if saved.get(k) != now.get(k)]
 
-# %% ../nbs/07_trainer.ipynb #d053d52c
+# %% ../nbs/07_trainer.ipynb #ce74eab0
 def _dist_env() -> tuple[int, int]:
     "(rank, world_size) from torch.distributed or the torchrun environment."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
@@ -168,6 +168,7 @@ def _dist_env() -> tuple[int, int]:
 class _State:
     epoch: int = 0; step_in_epoch: int = 0; global_step: int = 0
     best_val: float = math.inf; bad_evals: int = 0; finished: bool = False
+    ref_val: float = math.inf  # the last validation loss that counted as a gain of min_delta (patience is measured from it)
     loss_sum: float = 0.0; loss_n: int = 0  # running training loss of the current epoch
 
 class Trainer:
@@ -322,7 +323,7 @@ def _evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
 
 Trainer.evaluate = _evaluate
 
-# %% ../nbs/07_trainer.ipynb #a12a4239
+# %% ../nbs/07_trainer.ipynb #c8128c06
 def _stop_now(self: Trainer, t0: float) -> str | None:
     c = self.cfg
     reason = None
@@ -359,11 +360,12 @@ def _validate(self: Trainer) -> None:
     train_loss = _train_loss(self)
     val = self.evaluate() if self.val_ds is not None and len(self.val_ds) else {"loss": train_loss}
     self.sched.step(val["loss"])
-    if math.isinf(st.best_val) or val["loss"] < st.best_val - c.min_delta * abs(st.best_val):
-        st.best_val, st.bad_evals = val["loss"], 0
+    if math.isinf(st.ref_val) or val["loss"] < st.ref_val - c.min_delta * abs(st.ref_val): st.ref_val, st.bad_evals = val["loss"], 0
+    else: st.bad_evals += 1
+    if val["loss"] < st.best_val:  # the best weights are the lowest validation loss, gain or not
+        st.best_val = val["loss"]
         self._best = {k: v.detach().clone().cpu() for k, v in self.raw.state_dict().items()}
         if self.is_main and self.out_dir: self.raw.save_pretrained(self.out_dir / "best")
-    else: st.bad_evals += 1
     u = self.raw.quantizer.usage_stats()
     rec = {"type": "epoch", "epoch": st.epoch, "step": st.global_step, "train_loss": train_loss,
            **{f"val_{k}": v for k, v in val.items()}, "train_perplexity": u["perplexity"], "train_active_codes": u["active_codes"],

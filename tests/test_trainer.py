@@ -140,8 +140,11 @@ def test_eval_every_min_delta_stops_inside_an_epoch(tmp_path):
     assert t.state.global_step == 10 and t.state.step_in_epoch == 2  # stopped in the middle of epoch 2
     assert [h["bad_evals"] for h in hist] == [0, 0, 1, 2, 3]
     assert [h["lr"] for h in hist] == [5e-3, 5e-3, 5e-3, 2.5e-3, 2.5e-3]  # the plateau schedule uses the same threshold
+    # min_delta only paces patience: the restored weights are those of the lowest loss (1.85, the last validation)
     best = CLVQVAE.from_pretrained(tmp_path / "best")
-    assert_same_weights(best, t.raw.cpu().eval())  # the step-4 weights, not those of the slightly lower 1.85
+    assert_same_weights(best, t.raw.cpu().eval())
+    assert_same_weights(best, CLVQVAE.from_pretrained(tmp_path / "model"))
+    assert t.state.best_val == 1.85 and t.state.ref_val == 2.0
 
 
 def test_eval_every_validates_the_last_steps():
