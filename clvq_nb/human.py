@@ -17,8 +17,8 @@ from .judge import (ConceptView, JudgeSentence, ResultStore, as_concept_view, co
                            stratified_sample, _judge_items)
 
 # %% auto #0
-__all__ = ['StudyItem', 'make_study_items', 'wilson_ci', 'StudyCard', 'HumanStudy', 'AnnotationSession', 'concept_figure',
-           'results_figure', 'AnnotationUI', 'demo_study']
+__all__ = ['PAPER_HUMAN_REFERENCE', 'StudyItem', 'make_study_items', 'wilson_ci', 'format_accuracy_ci', 'StudyCard', 'HumanStudy',
+           'AnnotationSession', 'concept_figure', 'results_figure', 'AnnotationUI', 'demo_study']
 
 # %% ../nbs/10a_human.ipynb #818053b2
 @dataclass
@@ -59,6 +59,11 @@ def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+def format_accuracy_ci(accuracy: float, ci_low: float, ci_high: float) -> str:
+    "An accuracy and its interval in whole percents, e.g. '83% [44%, 97%]'; 'no answers' when they are NaN."
+    if any(pd.isna(v) for v in (accuracy, ci_low, ci_high)): return "no answers"
+    return f"{accuracy:.0%} [{ci_low:.0%}, {ci_high:.0%}]"
 
 # %% ../nbs/10a_human.ipynb #493cb6c6
 _ANNOTATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -115,14 +120,16 @@ class HumanStudy:
         return df[cols].reset_index(drop=True)
 
     def results(self, z: float = 1.96) -> pd.DataFrame:
-        "Per method: answers, correct, accuracy (guessed label == model prediction) and its Wilson interval."
+        "Per method: answers, correct, accuracy (guessed label == model prediction), its Wilson interval, and both as text."
         a = self.answers()
         rows = []
         for m in sorted({i.method for i in self.items}):
             g = a[a.method == m]
             k, n = int(g.correct.sum()), len(g)
             lo, hi = wilson_ci(k, n, z)
-            rows.append({"method": m, "n": n, "correct": k, "accuracy": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
+            acc = k / n if n else float("nan")
+            rows.append({"method": m, "n": n, "correct": k, "accuracy": acc, "ci_low": lo, "ci_high": hi,
+                         "accuracy_ci": format_accuracy_ci(acc, lo, hi)})
         return pd.DataFrame(rows)
 
 class AnnotationSession:
@@ -177,16 +184,21 @@ def concept_figure(concept: ConceptView, n_words: int = 10, title: str = "Concep
     fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
-def results_figure(results: pd.DataFrame, paper: Mapping[str, float] | None = None):
-    "Accuracy per method with Wilson intervals (`HumanStudy.results()`), optional reference dots (paper: clvq 0.78, clustering 0.54)."
+PAPER_HUMAN_REFERENCE = {"paper: CLVQ-VAE": 0.78, "paper: clustering": 0.54}   # the paper's human-study accuracies
+
+def results_figure(results: pd.DataFrame, paper: Mapping[str, float] | None = PAPER_HUMAN_REFERENCE):
+    "Accuracy per method with Wilson intervals (`HumanStudy.results()`); `paper` (label -> accuracy) as diamonds beside them."
     import plotly.graph_objects as go
     r = results.fillna({"accuracy": 0.0})
     fig = go.Figure(go.Bar(x=r.method, y=r.accuracy, name="ours",
                            error_y=dict(type="data", symmetric=False, array=(r.ci_high - r.accuracy).fillna(0).tolist(),
                                         arrayminus=(r.accuracy - r.ci_low).fillna(0).tolist())))
     if paper:
-        fig.add_scatter(x=list(paper), y=list(paper.values()), mode="markers", name="paper", marker=dict(size=12, symbol="diamond"))
-    fig.update_layout(title="Human study: predicted label recovered from the concept", yaxis=dict(range=[0, 1], title="accuracy"))
+        fig.add_scatter(x=list(paper), y=list(paper.values()), mode="markers+text", name="paper",
+                        text=[f"{v:.0%}" for v in paper.values()], textposition="top center",
+                        marker=dict(size=12, symbol="diamond"))
+    fig.update_layout(title="Human study: predicted label recovered from the concept", xaxis=dict(type="category"),
+                      yaxis=dict(range=[0, 1], title="accuracy"))
     return fig
 
 # %% ../nbs/10a_human.ipynb #26e75aa3
