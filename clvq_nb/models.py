@@ -249,6 +249,7 @@ def get_classifier(dataset, model: str = "default", epochs: int = 1, max_length:
         metrics = read_json(path / "metrics.json")
         m, tok = load_classifier(path, trust_remote_code=trust_remote_code)
         return ClassifierRun(m.eval(), tok, path, float(metrics["dev_accuracy"]), label_names, True, metrics)
+    seed_everything(seed)  # a fresh classification head is initialised on load: seeded, so the same seed gives the same model
     m, tok = load_classifier(model_name, label_names=label_names, trust_remote_code=trust_remote_code)
     train = dsd["train"]
     if max_train is not None and len(train) > max_train: train = train.shuffle(seed=seed).select(range(max_train))

@@ -99,6 +99,17 @@ def test_get_classifier_trains_saves_and_reuses(home, tiny_dir):
     assert get_classifier(_toy_dsd(), **{**kw, "seed": 1}).path != run.path
 
 
+def test_fresh_head_is_seeded(home, tmp_path):
+    # a checkpoint with 3 labels gets a fresh 2-label head: the same seed must give the same head and weights,
+    # whatever the global RNG did before
+    m, t = tiny_bert(seed=1, num_labels=3)
+    m.save_pretrained(tmp_path / "tiny3"); t.save_pretrained(tmp_path / "tiny3")
+    kw = dict(model=str(tmp_path / "tiny3"), epochs=1, lr=3e-3, batch_size=8, progress=False, cache=False)
+    torch.manual_seed(123); a = get_classifier(_toy_dsd(), **kw).model.state_dict()
+    torch.manual_seed(456); b = get_classifier(_toy_dsd(), **kw).model.state_dict()
+    for k, v in a.items(): assert torch.equal(v, b[k]), k
+
+
 def test_get_classifier_max_train_and_threads(home, tiny_dir):
     before = torch.get_num_threads()
     run = get_classifier(_toy_dsd(), model=tiny_dir, max_train=10, epochs=1, batch_size=4, progress=False, threads=1)
