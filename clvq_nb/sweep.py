@@ -166,7 +166,7 @@ def write_summary(out_dir: str | Path, points: Sequence[Mapping], grid: Mapping[
     metric = metric if metric in df.columns else next(iter(
         [c for c in ("relative_drop",) if c in numeric] + varies + numeric), None)
     varying = [k for k in keys if df[k].nunique() > 1] or keys
-    if metric is not None and (df["status"] == "done").any():
+    if metric is not None and done.any():
         fig = sweep_summary_figure(df, metric, x=varying[0], color=varying[1] if len(varying) > 1 else None)
         fig.write_html(out_dir / "summary.html", include_plotlyjs="directory")
     return df
