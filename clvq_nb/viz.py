@@ -22,8 +22,8 @@ from .config import read_json, write_json, atomic_write_text
 __all__ = ['ACTIVE_COLOR', 'DEAD_COLOR', 'REFERENCE_COLOR', 'PAPER_REFERENCE', 'concept_color', 'usage_stats',
            'code_usage_figure', 'read_history', 'normalize_history', 'training_curves_figure', 'concept_records',
            'find_word', 'sentence_html', 'token_concept_heatmap', 'concept_label_heatmap', 'concept_top_tokens_figure',
-           'label_distribution_figure', 'read_table', 'comparison_figure', 'sweep_summary_figure', 'MethodView',
-           'load_method', 'load_run', 'comparison_table', 'demo_run', 'open_run', 'run_path', 'Explorer',
+           'label_distribution_figure', 'read_table', 'comparison_figure', 'headline_html', 'sweep_summary_figure',
+           'MethodView', 'load_method', 'load_run', 'comparison_table', 'demo_run', 'open_run', 'run_path', 'Explorer',
            'codebook_usage_widget', 'concept_heatmap_widget', 'concept_explorer_widget']
 
 # %% ../nbs/11_viz.ipynb #d72cc974
@@ -72,7 +72,7 @@ def code_usage_figure(counts: Sequence[float], dead_threshold: float = 0, title:
         bargap=0, template="plotly_white", legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
 
-# %% ../nbs/11_viz.ipynb #b7f10fbe
+# %% ../nbs/11_viz.ipynb #bb7332f8
 def read_history(path: str | Path) -> pd.DataFrame:
     "Read a JSON-lines training history into a DataFrame (blank lines skipped; bad lines named in the error)."
     path = Path(path)
@@ -111,8 +111,13 @@ def training_curves_figure(history: pd.DataFrame | str | Path | Iterable[dict],
     "Stacked line panels, one per metric present in `history`, one line per `split` (if the column exists)."
     h = _as_history(history)
     present = [m for m in metrics if m in h.columns]
-    if not present:
-        raise ValueError(f"history has none of the metrics {list(metrics)}; its columns are {list(h.columns)}")
+    if not present:  # e.g. a run that stopped (budget, max_steps) before its first validation: say so, do not fail
+        fig = go.Figure()
+        fig.add_annotation(text=f"no validation recorded yet: the history has none of {list(metrics)}<br>"
+                                f"(training stopped before its first validation; {len(h)} records)",
+                           showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(title=title, template="plotly_white", height=200, xaxis_visible=False, yaxis_visible=False)
+        return fig
     if x is None:  # epoch, unless several validations share an epoch (TrainConfig.eval_every): then step
         key = ["split"] if "split" in h.columns else []
         cands = [c for c in ("epoch", "step") if c in h.columns]
@@ -330,7 +335,38 @@ def comparison_figure(table: pd.DataFrame | str | Path | Sequence[Mapping], refe
                       xaxis=dict(type="category"), legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
 
-# %% ../nbs/11_viz.ipynb #96e3ca4f
+# %% ../nbs/11_viz.ipynb #b8449cad
+_HEADLINE_COLS = ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "live_concepts", "dev_fvu"]
+
+def headline_html(run) -> str:
+    "HTML summary of a finished run folder (`clvq_nb.runs.Run` or a path): what ran, on what, and the comparison table."
+    import html
+    from clvq_nb.runs import Run
+    run = run if isinstance(run, Run) else Run(run)
+    info = run.info(); s = info.get("summary", {}); cfg = info.get("config", {})
+    t = run.table(); t = t[[c for c in _HEADLINE_COLS if c in t.columns]]
+    dropped = {k: v for k, v in (s.get("dropped_rows") or {}).items() if v}
+    times = {**s.get("timings_s", {}), "salient_s": info.get("timings", {}).get("salient_s")}
+    fits = {m: v.get("fit_seconds") for m, v in info.get("timings", {}).get("methods", {}).items()}
+    e = lambda x: html.escape(str(x))
+    rows = [("data", f"{e(s.get('data_name', s.get('dataset')))}: {s.get('n_train_sentences')} train / {s.get('n_dev_sentences')} dev sentences"
+                     + (" <b>(STAND-IN data)</b>" if s.get("stand_in") else "")),
+            ("dropped rows", ", ".join(f"{v} {e(k.replace('_', ' '))}" for k, v in dropped.items()) or "none"),
+            ("model", f"{e(s.get('model', ''))}, layers {s.get('layers')}, dev accuracy {s.get('dev_accuracy', float('nan')):.3f}"),
+            ("tokens", f"{s.get('train_tokens')} train / {s.get('dev_tokens')} dev"),
+            ("times (s)", ", ".join(f"{e(k[:-2] if k.endswith('_s') else k)} {v:.0f}" for k, v in times.items() if v is not None)
+                          + ("; fits: " + ", ".join(f"{e(m)} {v:.0f}" for m, v in fits.items() if v is not None) if fits else "")),
+            ("peak memory", f"{info.get('peak_memory_mb', float('nan')):.0f} MB" + (
+                " (" + ", ".join(f"{e(k)} {v:.0f}" for k, v in s.get("peak_memory_mb", {}).items()) + ")" if s.get("peak_memory_mb") else "")),
+            ("settings", e(", ".join(f"{k}={v}" for k, v in {**cfg.get("method", {}), **cfg.get("evaluation", {})}.items()))),
+            ("paper", f"{e(PAPER_REFERENCE['method'])}: {PAPER_REFERENCE['acc_original']}% -> {PAPER_REFERENCE['acc_removed']}% "
+                      f"(random {PAPER_REFERENCE['acc_random']}%): a different model, data set and protocol")]
+    facts = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
+    return (f"<h2>Concept removal: {e(s.get('data_name', ''))} × {e(s.get('model', ''))}</h2><table>{facts}</table>"
+            f"<h3>Probe accuracy on the dev sentence vectors (layer {cfg.get('activations', {}).get('layer_in', '')})</h3>"
+            + t.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0))
+
+# %% ../nbs/11_viz.ipynb #4af3e4ed
 def sweep_summary_figure(summary: pd.DataFrame | str | Path, metric: str, x: str, color: str | None = None,
                          title: str | None = None) -> go.Figure:
     "Metric against parameter `x` (one line per value of `color`), failed points as red crosses at the axis floor."
@@ -355,7 +391,7 @@ def sweep_summary_figure(summary: pd.DataFrame | str | Path, metric: str, x: str
     fig.update_layout(title=title or f"Sweep: {metric} vs {x}", template="plotly_white", xaxis_title=x, yaxis_title=metric)
     return fig
 
-# %% ../nbs/11_viz.ipynb #47b00814
+# %% ../nbs/11_viz.ipynb #d3fbc9fa
 @dataclass
 class MethodView:
     "What the explorers show for one method of a run: concepts, per-token assignments, history, code counts."
@@ -436,7 +472,7 @@ def comparison_table(run_dir: str | Path) -> pd.DataFrame | None:
         if (Path(run_dir) / f).exists(): return read_table(Path(run_dir) / f)
     return None
 
-# %% ../nbs/11_viz.ipynb #f48f1e0c
+# %% ../nbs/11_viz.ipynb #bd6fd0c3
 _DEMO_WORDS = dict(pos=["good", "great", "superb", "fun", "moving"], neg=["bad", "dull", "awful", "boring", "weak"],
                    noun=["film", "plot", "actor", "music", "story", "scene", "cast", "ending"],
                    fn=["the", "a", "is", "and", "was", "very", "this", "but", "it", "so"])
@@ -556,7 +592,7 @@ def demo_run(path: str | Path, n_sentences: int = 120, n_codes: int = 40, dim: i
     write_json(path / "metrics.json", dict(kind="demo", label_names=label_names, comparison=table))
     return path
 
-# %% ../nbs/11_viz.ipynb #05a965bb
+# %% ../nbs/11_viz.ipynb #35358b06
 def open_run(run_dir: str | Path | None = None) -> dict[str, MethodView]:
     "Methods of `run_dir`; with no `run_dir`, of the demo run under `clvq_home()/demo_run` (built on first use)."
     if run_dir: return load_run(run_dir)
@@ -570,7 +606,7 @@ def run_path(methods: Mapping[str, MethodView]) -> Path:
     m = next(iter(methods.values()))
     return m.path.parent.parent if m.path.parent.name == "methods" else m.path
 
-# %% ../nbs/11_viz.ipynb #f7c52f7d
+# %% ../nbs/11_viz.ipynb #fa4795b4
 def _show(out: widgets.Output, fig: go.Figure) -> None:
     out.clear_output(wait=True)
     try: from IPython import get_ipython
@@ -605,7 +641,7 @@ class Explorer(widgets.VBox):
 
     def value(self, name: str): return self.controls[name].value
 
-# %% ../nbs/11_viz.ipynb #f015d80e
+# %% ../nbs/11_viz.ipynb #dd51d8b3
 def _as_methods(runs) -> dict[str, MethodView]:
     if isinstance(runs, (str, Path)): return load_run(runs)
     if isinstance(runs, MethodView): return {runs.name: runs}

@@ -1,12 +1,16 @@
-"The experiment notebook: its parameters cell, a small papermill run on a tiny model, and clear failures."
-import json
+"The experiment notebook and `clvq main`: parameters, a small papermill run on a tiny model, streamed stage lines, every option reaching the notebook, clear failures."
+import json, os, subprocess, sys, threading, time
 from pathlib import Path
 
+import nbformat
+import numpy as np
+import pandas as pd
 import papermill as pm
 import pytest
 
-from clvq_nb.models import tiny_bert
-from clvq_nb.pipeline import NOTEBOOK_PARAMETERS, ExperimentConfig
+from clvq_nb.models import tiny_bert, tiny_vocab
+from clvq_nb.pipeline import NOTEBOOK_PARAMETERS, ExperimentConfig, config_fields, parameters_cell
+from clvq_nb.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "nbs" / "experiments" / "run.ipynb"
@@ -14,9 +18,9 @@ NB = ROOT / "nbs" / "experiments" / "run.ipynb"
 
 def test_parameters_cell_declares_every_parameter():
     # papermill must parse every line of the cell; a line it cannot parse becomes an "unknown parameter"
-    assert set(pm.inspect_notebook(str(NB))) == set(NOTEBOOK_PARAMETERS)
-    fields = set(ExperimentConfig.__dataclass_fields__)
-    assert set(NOTEBOOK_PARAMETERS.values()) <= fields
+    assert set(pm.inspect_notebook(str(NB))) == set(NOTEBOOK_PARAMETERS) == set(config_fields())
+    cell = next(c for c in nbformat.read(NB, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == parameters_cell(), "regenerate run.ipynb's parameters cell from clvq_nb.pipeline.parameters_cell()"
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +39,18 @@ def _run(tmp_path, monkeypatch, **params):
 
 
 def test_small_run_writes_results(tmp_path, monkeypatch, tiny_model):
+    # training is capped in steps (never minutes): the outcome does not depend on the machine's speed; with 6 steps
+    # the CLVQ-VAE stops before its first validation, and the report must still be written (its figure says so)
     run_dir = tmp_path / "run"
     _run(tmp_path, monkeypatch, model=str(tiny_model), layer_in=2, layer_out=4, max_sentences=240, codebook_size=8,
-         method="kmeans,clvqvae", train_minutes=0.1, ig_steps=4, folds=2, output_dir=str(run_dir))
-    for f in ("run.json", "comparison.csv", "comparison.json", "comparison.html", "metrics.json"):
-        assert (run_dir / f).exists(), f
-    rows = json.loads((run_dir / "comparison.json").read_text())["rows"]
+         methods="kmeans,clvqvae", train_steps=6, train_minutes=None, ig_steps=4, folds=2, output_dir=str(run_dir))
+    run = Run(run_dir)
+    for f in ("run_json", "table_csv", "table_json", "figure_html", "metrics_json", "sentences_parquet"):
+        assert getattr(run, f).exists(), f
+    rows = json.loads(run.table_json.read_text())["rows"]
     assert [r["method"] for r in rows] == ["kmeans", "clvqvae"]
     assert all(0 <= r["acc_removed"] <= 1 for r in rows)
+    assert "no validation recorded yet" in (tmp_path / "out.ipynb").read_text()
 
 
 def test_unknown_parameter_fails_clearly(tmp_path, monkeypatch):
@@ -52,6 +60,53 @@ def test_unknown_parameter_fails_clearly(tmp_path, monkeypatch):
 
 def test_output_dir_of_another_experiment_is_refused(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"; run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps({"config": {**ExperimentConfig().to_dict(), "dataset": "news"}}))
+    (run_dir / "run.json").write_text(json.dumps({"key": ExperimentConfig(dataset="news").key()}))
     with pytest.raises(pm.PapermillExecutionError, match="holds another experiment"):
         _run(tmp_path, monkeypatch, output_dir=str(run_dir))
+
+
+def _csv(path: Path, n: int = 200) -> Path:
+    "A local data set with other column names, in latin-1."
+    rng = np.random.default_rng(0)
+    words = [w for w in tiny_vocab() if w.isalpha()]
+    lab = rng.integers(0, 2, n)
+    txt = [" ".join(rng.choice(words, rng.integers(4, 9))) + f" item{i}" for i in range(n)]
+    pd.DataFrame({"review": txt, "sentiment": np.where(lab == 1, "pos", "neg")}).to_csv(path, index=False, encoding="latin-1")
+    return path
+
+
+EXPECTED_STAGES = ["data", "classifier", "activations", "salient", "fit:kmeans", "evaluate:kmeans", "kmeans",
+                   "fit:clvqvae", "evaluate:clvqvae", "clvqvae", "report"]
+
+
+def test_clvq_main_streams_stages_and_every_option_reaches_the_notebook(tmp_path, tiny_model):
+    "Every config field set to a non-default value on the command line is the executed notebook's config; stage lines stream in order."
+    run_dir = tmp_path / "run"
+    values = dict(dataset=str(_csv(tmp_path / "reviews.csv")), max_sentences=200, text_col="review", label_col="sentiment",
+                  encoding="latin-1", model=str(tiny_model), finetune_epochs=2, max_train=100, layer_in=2, layer_out=4,
+                  merge="first", methods="kmeans,clvqvae", codebook_size=8, agglo_max_tokens=500, sae_epochs=2, profile="cpu",
+                  top_k=2, temperature=0.5, memory="continuous", amp="off", epochs=2, train_steps=6, train_minutes=30.0,
+                  ig_steps=4, folds=3, probe_labels="pred", seed=1, output_dir=str(run_dir), overwrite=True)
+    defaults = config_fields()
+    assert set(values) == set(defaults) and all(values[k] != defaults[k] for k in values), "set every field to a non-default"
+    argv = [sys.executable, "-m", "clvq_nb.cli", "main"]
+    for k, v in values.items():
+        opt = "--" + k.replace("_", "-")
+        argv += [opt] if v is True else [opt, str(v)]
+    env = {**os.environ, "CLVQ_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    seen, table_existed_at_first_line, out = [], None, []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("[") and "] [" in line:
+            tag = line.split("] [", 1)[1].split("]", 1)[0]
+            if table_existed_at_first_line is None: table_existed_at_first_line = (run_dir / "comparison.csv").exists()
+            if not seen or seen[-1] != tag: seen.append(tag)
+    assert proc.wait() == 0, "".join(out)[-3000:]
+    assert table_existed_at_first_line is False, "stage lines must arrive while the job runs, not after it"
+    assert [s for s in seen if s in EXPECTED_STAGES] == EXPECTED_STAGES, seen
+    got = Run(run_dir).info()["config"]
+    assert ExperimentConfig.from_dict(got).flat() == {**values, "output_dir": str(run_dir.resolve())}
+    html = Run(run_dir).report.read_text()
+    assert "Concept removal:" in html and "dropped rows" in html and "check_parameters" not in html  # headline, no code
+    assert html.index("Concept removal:") < html.index("Codebook of the CLVQ-VAE")

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
     m, tok = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
     m.save_pretrained(d / "tiny"); tok.save_pretrained(d / "tiny")
     cfg = ExperimentConfig(model=str(d / "tiny"), layer_in=2, layer_out=4, max_sentences=240, max_train=100, codebook_size=8,
-                           epochs=2, train_minutes=0.5, sae_epochs=1, ig_steps=4, folds=2, methods="kmeans,sae",
+                           epochs=2, train_steps=6, train_minutes=None, sae_epochs=1, ig_steps=4, folds=2, methods="kmeans,sae",
                            output_dir=str(d / "run"))
     p = prepare(cfg, progress=False, log=lambda *a: None)
     compare(p, progress=False, log=lambda *a: None)
