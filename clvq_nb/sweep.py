@@ -93,7 +93,7 @@ def _fixture_notebook() -> "nbformat.NotebookNode":
     nb.nbformat_minor = 4
     return nb
 
-# %% ../nbs/11a_sweep.ipynb #aa2af13e
+# %% ../nbs/11a_sweep.ipynb #6af50863
 def _flat(d: Mapping, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -105,8 +105,12 @@ def run_point(notebook: str | Path, params: Mapping[str, Any], point_dir: str | 
               output_param: str | None = "output_dir", cwd: str | Path | None = None) -> dict:
     "Execute `notebook` with `params` into `point_dir/run.ipynb`; write done.json (success) or failure.json."
     point_dir = Path(point_dir).resolve()
-    if point_dir.exists(): shutil.rmtree(point_dir)      # a half-finished earlier attempt: start clean
-    point_dir.mkdir(parents=True)
+    same = (point_dir / "point.json").exists() and read_json(point_dir / "point.json").get("params") == dict(params)
+    if point_dir.exists() and not same: shutil.rmtree(point_dir)   # another point's leftovers: start clean
+    for f in ("done.json", "failure.json"): (point_dir / f).unlink(missing_ok=True)
+    # an interrupted attempt of this point keeps its folder: the experiment notebook resumes from what it wrote
+    # (trainer checkpoints, finished methods) instead of starting over
+    point_dir.mkdir(parents=True, exist_ok=True)
     write_json(point_dir / "point.json", dict(params=dict(params), notebook=str(notebook)))
     full = dict(params) | ({output_param: str(point_dir)} if output_param else {})
     t0 = time.time(); rec = dict(point=point_dir.name, **params)
@@ -147,7 +151,7 @@ def _point_record(point_dir: Path, params: Mapping) -> dict:
                 rec |= {k[len(pre):]: v for k, v in flat.items() if k.startswith(pre) and k[len(pre):] not in rec}
     return rec
 
-# %% ../nbs/11a_sweep.ipynb #51a68a5c
+# %% ../nbs/11a_sweep.ipynb #28e259b5
 def write_summary(out_dir: str | Path, points: Sequence[Mapping], grid: Mapping[str, list] | None = None,
                   metric: str | None = None) -> pd.DataFrame:
     "Summary table (CSV + JSON) and figure (HTML) over the points' records; returns the table."
