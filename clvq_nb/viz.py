@@ -472,133 +472,32 @@ def comparison_table(run_dir: str | Path) -> pd.DataFrame | None:
         if (Path(run_dir) / f).exists(): return read_table(Path(run_dir) / f)
     return None
 
-# %% ../nbs/11_viz.ipynb #bd6fd0c3
-_DEMO_WORDS = dict(pos=["good", "great", "superb", "fun", "moving"], neg=["bad", "dull", "awful", "boring", "weak"],
-                   noun=["film", "plot", "actor", "music", "story", "scene", "cast", "ending"],
-                   fn=["the", "a", "is", "and", "was", "very", "this", "but", "it", "so"])
-
-def _sqdist(x, e): return (x * x).sum(1, keepdims=True) - 2 * x @ e.T + (e * e).sum(1)[None]
-
-def _perp(idx, K):
-    c = np.bincount(idx, minlength=K); s = usage_stats(c); return s["perplexity"], s["active_codes"]
-
-def _demo_vq(x, x_dev, K, rng, epochs, top_k=3, decay=0.9, batch=64):
-    e = x[rng.choice(len(x), K, replace=False)].copy(); N = np.ones(K); m = e.copy(); hist = []; step = 0
-    for ep in range(epochs):
-        idx_all = np.empty(len(x), int)
-        for b in np.array_split(rng.permutation(len(x)), max(1, len(x) // batch)):
-            d = _sqdist(x[b], e)
-            top = np.argsort(d, 1)[:, :top_k]
-            logits = -np.take_along_axis(d, top, 1); p = np.exp(logits - logits.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
-            pick = top[np.arange(len(b)), [rng.choice(top_k, p=pi) for pi in p]]
-            idx_all[b] = pick
-            onehot = np.zeros((len(b), K)); onehot[np.arange(len(b)), pick] = 1
-            N = decay * N + (1 - decay) * onehot.sum(0); m = decay * m + (1 - decay) * onehot.T @ x[b]
-            n = N.sum(); Ns = (N + 1e-5) / (n + K * 1e-5) * n; e = m / Ns[:, None]; step += 1
-        for split, xs, idx in (("train", x, idx_all), ("dev", x_dev, _sqdist(x_dev, e).argmin(1))):
-            pp, act = _perp(idx, K)
-            hist.append(dict(epoch=ep, step=step, split=split, loss=float(((xs - e[idx]) ** 2).sum(1).mean()),
-                             perplexity=pp, active_codes=act))
-    return e, hist
-
-def _demo_kmeans(x, K, rng, iters=10):
-    e = x[rng.choice(len(x), K, replace=False)].copy()
-    for _ in range(iters):
-        a = _sqdist(x, e).argmin(1)
-        for k in range(K):
-            if (a == k).any(): e[k] = x[a == k].mean(0)
-    return e
-
-def _demo_probe(X, y, remove, rng, folds=5):
-    "Nearest-class-mean probe, `folds`-fold CV; `remove(i) -> unit direction or None` per test row. Returns accuracies [folds]."
-    order = rng.permutation(len(y)); accs = []
-    for f in np.array_split(order, folds):
-        tr = np.setdiff1d(order, f); mu = np.stack([X[tr][y[tr] == c].mean(0) for c in np.unique(y)])
-        Xt = X[f].copy()
-        for j, i in enumerate(f):
-            u = remove(i)
-            if u is not None: Xt[j] -= (Xt[j] @ u) * u
-        accs.append(float((_sqdist(Xt, mu).argmin(1) == y[f]).mean()))
-    return np.array(accs)
-
-def demo_run(path: str | Path, n_sentences: int = 120, n_codes: int = 40, dim: int = 16, epochs: int = 6,
-             seed: int = 0) -> Path:
-    "Write a small synthetic run folder (layout above) with methods `vq` and `kmeans`; returns `path`."
-    rng = np.random.default_rng(seed); path = Path(path)
-    vocab = [w for ws in _DEMO_WORDS.values() for w in ws] + ["[CLS]"]
-    emb = {w: rng.normal(size=dim) for w in vocab}
-    u = rng.normal(size=dim); u /= np.linalg.norm(u)
-    for w in _DEMO_WORDS["pos"]: emb[w] += 2.5 * u
-    for w in _DEMO_WORDS["neg"]: emb[w] -= 2.5 * u
-    rows, vecs = [], []
-    for sid in range(n_sentences):
-        y = int(rng.integers(2)); pol = ("neg", "pos")[y]
-        ws = list(rng.choice(_DEMO_WORDS["fn"], int(rng.integers(2, 5)))) + list(rng.choice(_DEMO_WORDS["noun"], 2))
-        ws += [str(rng.choice(_DEMO_WORDS[pol if rng.random() > 0.15 else ("pos", "neg")[y]])) for _ in range(int(rng.integers(1, 3)))]
-        ws = [str(w) for w in rng.permutation(ws)]
-        wv = np.stack([emb[w] + 0.4 * rng.normal(size=dim) for w in ws])
-        tag = wv.mean(0) + 0.6 * emb["[CLS]"] + 0.4 * rng.normal(size=dim)
-        pred = y if rng.random() > 0.1 else 1 - y
-        split = "dev" if sid % 5 == 4 else "train"
-        for pos, (w, v) in enumerate([("[CLS]", tag)] + list(zip(ws, wv))):
-            rows.append(dict(sid=sid, pos=pos, word=w, is_tag=pos == 0, label=y, pred=pred, split=split)); vecs.append(v)
-    tokens, X = pd.DataFrame(rows), np.stack(vecs)
-    tr = (tokens["split"] == "train").to_numpy()
-    label_names = ["negative", "positive"]
-    write_json(path / "run.json", dict(kind="demo", dataset="synthetic-movie", label_names=label_names, n_sentences=n_sentences,
-                                       n_codes=n_codes, seed=seed))
-    codebooks = {"vq": _demo_vq(X[tr], X[~tr], n_codes, rng, epochs), "kmeans": (_demo_kmeans(X[tr], n_codes, rng), None)}
-    tag_rows = np.flatnonzero(tokens["is_tag"].to_numpy()); ytag = tokens.loc[tag_rows, "label"].to_numpy()
-    table = []
-    for name, (e, hist) in codebooks.items():
-        d = path / "methods" / name; d.mkdir(parents=True, exist_ok=True)
-        tk = tokens.copy(); tk["concept"] = _sqdist(X, e).argmin(1)
-        # salient word of a sentence: the word with the largest projection on its predicted label's direction
-        sal = {}
-        for sid, g in tk[~tk["is_tag"]].groupby("sid"):
-            sgn = 1 if g["pred"].iloc[0] == 1 else -1
-            sal[sid] = int(g.index[np.argmax(sgn * (X[g.index] @ u))])
-        recs = []
-        for k in range(n_codes):
-            g = tk[tk["concept"] == k]
-            if g.empty: continue
-            ex = []
-            for r in g.drop_duplicates("sid").head(3).itertuples():
-                s = tk[tk["sid"] == r.sid]
-                ex.append(dict(sid=int(r.sid), words=s["word"].tolist(), pos=int(r.pos), label=int(r.label), pred=int(r.pred)))
-            recs.append(dict(id=k, size=len(g), words=Counter(g["word"]).most_common(), examples=ex,
-                             tag_share=float(g["is_tag"].mean()),
-                             label_counts={str(a): int(b) for a, b in g.drop_duplicates("sid")["label"].value_counts().sort_index().items()},
-                             salient=sum(int(tk.loc[i, "concept"]) == k for i in sal.values())))
-        write_json(d / "concepts.json", dict(method=name, n_concepts=n_codes, label_names=label_names, concepts=recs))
-        tk.to_parquet(d / "assignments.parquet", index=False)
-        write_json(d / "code_counts.json", np.bincount(tk.loc[tr, "concept"], minlength=n_codes).tolist())
-        if hist: atomic_write_text(d / "history.jsonl", "".join(json.dumps(h) + "\n" for h in hist))
-        sids = tokens.loc[tag_rows, "sid"].to_numpy()
-        def concept_dir(i):
-            v = e[tk.loc[sal[sids[i]], "concept"]]; return v / np.linalg.norm(v)
-        def random_dir(i):
-            v = np.random.default_rng(seed + 1000 + i).normal(size=dim); return v / np.linalg.norm(v)
-        res = {c: _demo_probe(X[tag_rows], ytag, f, np.random.default_rng(seed))
-               for c, f in (("acc_original", lambda i: None), ("acc_removed", concept_dir), ("acc_random", random_dir))}
-        row = dict(method=name)
-        for c, a in res.items():
-            half = 1.96 * a.std(ddof=1) / np.sqrt(len(a))
-            row |= {c: a.mean(), f"{c}_ci_low": a.mean() - half, f"{c}_ci_high": a.mean() + half}
-        row["relative_drop"] = (row["acc_original"] - row["acc_removed"]) / row["acc_original"]
-        table.append(row)
-    comp = pd.DataFrame(table)
-    atomic_write_text(path / "comparison.csv", comp.to_csv(index=False))
-    write_json(path / "metrics.json", dict(kind="demo", label_names=label_names, comparison=table))
+# %% ../nbs/11_viz.ipynb #c9cd4997
+def demo_run(path: str | Path, n_sentences: int = 160, n_codes: int = 16, seed: int = 0,
+             methods: str = "clvqvae,kmeans") -> Path:
+    "A small real run folder at `path` (tiny random BERT, movie sentences, the real pipeline); reused when it exists."
+    from clvq_nb.config import seed_everything
+    from clvq_nb.models import tiny_bert
+    from clvq_nb.pipeline import ExperimentConfig, compare, prepare
+    from clvq_nb.runs import Run
+    path = Path(path)
+    if Run(path).table_exists(): return path
+    seed_everything(seed)
+    m, tok = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
+    m.save_pretrained(path / "model"); tok.save_pretrained(path / "model")
+    cfg = ExperimentConfig(model=str(path / "model"), layer_in=2, layer_out=4, max_sentences=n_sentences, max_train=n_sentences,
+                           codebook_size=n_codes, methods=methods, profile="paper", epochs=3, train_minutes=None,
+                           ig_steps=4, folds=2, seed=seed, output_dir=str(path), overwrite=True)
+    compare(prepare(cfg, progress=False, log=lambda *a: None), progress=False, log=lambda *a: None)
     return path
 
-# %% ../nbs/11_viz.ipynb #35358b06
+# %% ../nbs/11_viz.ipynb #3e1c54d0
 def open_run(run_dir: str | Path | None = None) -> dict[str, MethodView]:
     "Methods of `run_dir`; with no `run_dir`, of the demo run under `clvq_home()/demo_run` (built on first use)."
     if run_dir: return load_run(run_dir)
     from clvq_nb.config import clvq_home
     d = clvq_home() / "demo_run"
-    if not (d / "metrics.json").exists(): demo_run(d)
+    demo_run(d)   # built on first use, reused after
     return load_run(d)
 
 def run_path(methods: Mapping[str, MethodView]) -> Path:

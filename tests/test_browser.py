@@ -44,6 +44,9 @@ def lab(tmp_path_factory):
     news = root / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True); news.write_text('{"fetchNews": "false"}')   # no news toast over the screenshots
     port, token = _free_port(), uuid.uuid4().hex
+    from clvq_nb.viz import demo_run   # the explorers' demo run, built by the real pipeline before the browser waits on it
+    subprocess.run([sys.executable, "-c", f"from clvq_nb.viz import demo_run; demo_run({str(root / 'home' / 'demo_run')!r})"],
+                   check=True, env=dict(os.environ, CLVQ_HOME=str(root / "home")))
     env = dict(os.environ, CLVQ_HOME=str(root / "home"), JUPYTER_CONFIG_DIR=str(root / "jcfg"),
                JUPYTERLAB_SETTINGS_DIR=str(root / "lab-settings"), JUPYTERLAB_WORKSPACES_DIR=str(root / "lab-ws"),
                JUPYTER_RUNTIME_DIR=str(root / "runtime"))

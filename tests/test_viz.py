@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return demo_run(tmp_path_factory.mktemp("viz") / "demo", n_sentences=50, n_codes=60, seed=1)
+    d = tmp_path_factory.mktemp("viz")
+    mp = pytest.MonkeyPatch(); mp.setenv("CLVQ_HOME", str(d / "home"))
+    yield demo_run(d / "demo", seed=1)
+    mp.undo()
 
 
 def test_code_usage_dead_codes_and_order():
@@ -42,7 +45,7 @@ def test_perplexity_matches_entropy():
 
 
 def test_training_curves_from_demo_history(demo):
-    h = load_run(demo)["vq"].history
+    h = load_run(demo)["clvqvae"].history
     fig = training_curves_figure(h, metrics=("loss", "perplexity", "active_codes"))
     assert len(fig.data) == 6                                               # 3 metrics x {train, dev}
     dev_pp = [t for t in fig.data if t.name == "dev"][1]
@@ -108,7 +111,7 @@ def test_comparison_figure_from_json_percent(tmp_path):
 
 def test_demo_comparison_is_computed(demo):
     t = comparison_table(demo)
-    assert list(t["method"]) == ["vq", "kmeans"]
+    assert list(t["method"]) == ["clvqvae", "kmeans"]
     assert np.allclose(t["relative_drop"], (t["acc_original"] - t["acc_removed"]) / t["acc_original"])
     assert (t["acc_original_ci_low"] <= t["acc_original"]).all() and (t["acc_original"] <= t["acc_original_ci_high"]).all()
 
@@ -123,11 +126,11 @@ def test_single_method_folder_and_errors(tmp_path, demo):
 def test_widgets_update_figures(demo):
     ms = load_run(demo)
     h = concept_heatmap_widget(ms)
-    h.controls["method"].value = "vq"
+    h.controls["method"].value = "clvqvae"
     seen = []
     for i in (0, 4):
         h.controls["sentence"].value = i
-        s = ms["vq"].sentence(ms["vq"].sentence_ids[i])
+        s = ms["clvqvae"].sentence(ms["clvqvae"].sentence_ids[i])
         assert [y.split(": ", 1)[1] for y in h.figures["tokens"].data[0].y] == s["words"]
         seen.append(tuple(h.figures["tokens"].data[0].y))
     assert seen[0] != seen[1]
