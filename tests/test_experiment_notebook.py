@@ -23,14 +23,6 @@ def test_parameters_cell_declares_every_parameter():
     assert cell.source == parameters_cell(), "regenerate run.ipynb's parameters cell from clvq_nb.pipeline.parameters_cell()"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    m, t = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
-    m.save_pretrained(d); t.save_pretrained(d)
-    return d
-
-
 def _run(tmp_path, monkeypatch, **params):
     monkeypatch.setenv("CLVQ_HOME", str(tmp_path / "home"))
     out = tmp_path / "out.ipynb"

@@ -13,14 +13,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    m, t = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
-    m.save_pretrained(d); t.save_pretrained(d)
-    return d
-
-
 def _main(home: Path, model: Path, out: Path, fault: str | None = None, notebook: bool = False):
     argv = [sys.executable, "-m", "clvq_nb.cli", "main", "--model", str(model), "--layer-in", "2", "--layer-out", "4",
             "--max-sentences", "160", "--max-train", "80", "--codebook-size", "8", "--agglo-max-tokens", "400",
