@@ -161,12 +161,13 @@ def environment() -> dict:
                 machine=dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
                              torch_threads=torch.get_num_threads(), gpu=gpu))
 
-# %% ../nbs/00_config.ipynb #f4b57d93
+# %% ../nbs/00_config.ipynb #a88b834a
 def text_progress(interval: float = 10.0) -> None:
     "Make `tqdm.auto` bars plain text (for a kernel whose output streams to a terminal)."
     import tqdm.auto, tqdm.std, tqdm.autonotebook, functools
-    bar = functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=interval)
-    cls = type("TextTqdm", (tqdm.std.tqdm,), {"__init__": bar})
+    init = functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=interval)
+    postfix = functools.partialmethod(tqdm.std.tqdm.set_postfix, refresh=False)   # a postfix must not force a redraw
+    cls = type("TextTqdm", (tqdm.std.tqdm,), {"__init__": init, "set_postfix": postfix})
     tqdm.auto.tqdm = tqdm.autonotebook.tqdm = cls
 
 def fault_point(stage: str, step: int = 0) -> None:

@@ -267,17 +267,19 @@ def check_model(cfg: ExperimentConfig) -> int | None:
                         f"use layer_out <= {n}, e.g. --layer-in {round(2 * n / 3)} --layer-out {n} (the paper's relative depth)")
     return n
 
-# %% ../nbs/11b_pipeline.ipynb #9e5d0725
+# %% ../nbs/11b_pipeline.ipynb #52fe5e92
 def peak_rss_mb() -> float:
     "Peak resident memory of this process so far, in MB (Linux: ru_maxrss is in KB)."
     import resource, sys
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(r / (1024 * 1024) if sys.platform == "darwin" else r / 1024, 1)
 
+_T0 = time.perf_counter()   # when this module was imported: the start of the experiment in a notebook or a command
+
 class StageLog:
-    "Stage lines `[  12s] [stage] message` to `out` (print), with the elapsed time since this log was made."
+    "Stage lines `[  12s] [stage] message` to `out` (print), with the seconds since `t0` (default: the experiment's start)."
     def __init__(self, out=print, t0: float | None = None):
-        self.out, self.t0 = out, time.perf_counter() if t0 is None else t0
+        self.out, self.t0 = out, _T0 if t0 is None else t0
     def __call__(self, msg: str) -> None:
         self.out(f"[{time.perf_counter() - self.t0:6.0f}s] {msg}")
 
