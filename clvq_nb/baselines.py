@@ -20,9 +20,9 @@ from .config import ConfigMixin, atomic_dir, get_device, read_json, seed_everyth
 
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'nearest_live', 'keep_mask', 'fit_rows', 'gather_rows', 'iter_row_chunks', 'nearest_centroid',
-           'ConceptMethod', 'ward_memory_bytes', 'available_memory', 'AgglomerativeConfig', 'Agglomerative',
-           'KMeansConfig', 'KMeans', 'SAEConfig', 'CrossLayerSAE', 'CLVQVAEMethodConfig', 'CLVQVAEMethod',
-           'SingleLayerVQVAE', 'get_method', 'load_method']
+           'ConceptMethod', 'ward_linkage', 'ward_labels', 'ward_memory_bytes', 'available_memory',
+           'AgglomerativeConfig', 'Agglomerative', 'KMeansConfig', 'KMeans', 'SAEConfig', 'CrossLayerSAE',
+           'CLVQVAEMethodConfig', 'CLVQVAEMethod', 'SingleLayerVQVAE', 'get_method', 'load_method']
 
 # %% ../nbs/06_baselines.ipynb #f83dd070
 def nearest_live(x: torch.Tensor, C: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
@@ -183,10 +183,62 @@ class ConceptMethod:
         obj._load_state(t, path)
         return obj
 
-# %% ../nbs/06_baselines.ipynb #32302597
+# %% ../nbs/06_baselines.ipynb #b4e62b3f
+def ward_linkage(X: np.ndarray) -> np.ndarray:
+    """Ward linkage `Z [n-1, 4]` of `X: [n, d]`, equal to `scipy.cluster.hierarchy.ward(X)`, with one condensed
+    distance matrix (4·n² bytes) updated in place instead of two."""
+    from scipy.spatial.distance import pdist
+    X = np.asarray(X, dtype=np.float64); n = len(X)
+    D = pdist(X, "euclidean")
+    base = np.arange(n, dtype=np.int64); base = n * base - base * (base + 1) // 2 - base - 1   # D position of (i<j): base[i] + j
+    def pos(x, cols):  # positions of the pairs (x, i) for the sorted ids `cols` (x not among them)
+        k = np.searchsorted(cols, x)
+        return np.concatenate([base[cols[:k]] + x, base[x] + cols[k:]])
+    size, act = np.ones(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+    Z, chain = np.empty((n - 1, 4)), []
+    for k in range(n - 1):
+        if not chain: chain = [int(act[0])]
+        while True:                                   # follow nearest neighbours until two are mutual
+            x = chain[-1]; others = act[act != x]
+            d = D[pos(x, others)]; j = int(np.argmin(d)); y, cur = int(others[j]), d[j]
+            if len(chain) > 1:                        # the previous chain element wins ties (as scipy)
+                prev = chain[-2]; dp = D[base[min(x, prev)] + max(x, prev)]
+                if not cur < dp: y, cur = prev, dp
+                if y == prev: break
+            chain.append(y)
+        chain = chain[:-2]; x, y = min(x, y), max(x, y)
+        nx, ny = size[x], size[y]
+        Z[k] = x, y, cur, nx + ny
+        size[x], size[y] = 0, nx + ny; act = act[act != x]
+        rest = act[act != y]; iy, ix = pos(y, rest), pos(x, rest)
+        ni = size[rest]; t = 1.0 / (nx + ny + ni)
+        D[iy] = np.sqrt((ni + nx) * t * D[ix] * D[ix] + (ni + ny) * t * D[iy] * D[iy] - ni * t * cur * cur)
+    del D
+    return _relabel(Z[np.argsort(Z[:, 2], kind="mergesort")], n)
+
+def _relabel(Z: np.ndarray, n: int) -> np.ndarray:
+    "scipy's cluster numbering of a distance-sorted merge list: the merge in row i makes cluster n + i."
+    parent = np.arange(2 * n - 1); csize = np.concatenate([np.ones(n, np.int64), np.zeros(n - 1, np.int64)])
+    def find(a):
+        r = a
+        while parent[r] != r: r = parent[r]
+        while parent[a] != r: parent[a], a = r, parent[a]
+        return r
+    for i in range(n - 1):
+        rx, ry = find(int(Z[i, 0])), find(int(Z[i, 1]))
+        Z[i, 0], Z[i, 1] = min(rx, ry), max(rx, ry)
+        parent[rx] = parent[ry] = n + i; csize[n + i] = csize[rx] + csize[ry]; Z[i, 3] = csize[n + i]
+    return Z
+
+def ward_labels(X: np.ndarray, n_clusters: int) -> np.ndarray:
+    "Cluster labels `[n]` of `AgglomerativeClustering(n_clusters, linkage='ward').fit_predict(X)`, from `ward_linkage`."
+    from sklearn.cluster._agglomerative import _hc_cut
+    return _hc_cut(n_clusters, ward_linkage(X)[:, :2].astype(np.intp), len(X))
+
+# %% ../nbs/06_baselines.ipynb #cdcb5964
 def ward_memory_bytes(n: int) -> int:
-    "Estimated peak memory of Ward clustering of `n` points: about 8·n² bytes (pairwise distances + linkage work)."
-    return 8 * int(n) ** 2
+    "Estimated peak memory of Ward clustering of `n` points with `ward_linkage`: about 4·n² bytes (one condensed distance matrix)."
+    return 4 * int(n) ** 2
 
 def available_memory() -> int:
     "Bytes of RAM available now (psutil)."
@@ -195,7 +247,7 @@ def available_memory() -> int:
 @dataclass
 class AgglomerativeConfig(ConfigMixin):
     n_clusters: int = 400          # K (ConceptX / the paper: 400)
-    memory_fraction: float = 0.6   # refuse when 8·N² > this share of the available RAM ...
+    memory_fraction: float = 0.6   # refuse when 4·N² > this share of the available RAM ...
     max_memory_bytes: int | None = None  # ... or of this many bytes, when given
     use_keep: bool = True          # fit on the frequency-filtered tokens (cache.tokens.keep)
     max_tokens: int | None = None  # fit on a seeded random sample of at most this many tokens (None = all)
@@ -205,7 +257,7 @@ class AgglomerativeConfig(ConfigMixin):
         if self.max_tokens is not None and self.max_tokens < 1: raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
         if not 0 < self.memory_fraction <= 1: raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
 
-# %% ../nbs/06_baselines.ipynb #2f65afc3
+# %% ../nbs/06_baselines.ipynb #21d7cd50
 def _check_k(name: str, k: int, n: int, what: str, l: int):
     if k > n: raise ValueError(f"{name}: {what}={k} exceeds the number of fit tokens N={n} (layer {l}); "
                                f"lower {what} to at most {n} or use a larger cache")
@@ -223,7 +275,6 @@ class Agglomerative(ConceptMethod):
         return int(c.max_memory_bytes) if c.max_memory_bytes is not None else int(c.memory_fraction * available_memory())
 
     def _fit(self, cache, progress=True):
-        from sklearn.cluster import AgglomerativeClustering
         c, rows = self.cfg, fit_rows(cache, self.cfg.use_keep)
         n_all = len(rows)
         if c.max_tokens is not None and n_all > c.max_tokens:
@@ -233,12 +284,12 @@ class Agglomerative(ConceptMethod):
         est, bound = ward_memory_bytes(n), self.memory_bound()
         if est > bound:
             raise MemoryError(
-                f"agglomerative: Ward clustering of N={n:,} tokens needs about {est / 1e9:.1f} GB (8·N² bytes), above the "
+                f"agglomerative: Ward clustering of N={n:,} tokens needs about {est / 1e9:.1f} GB (4·N² bytes), above the "
                 f"bound of {bound / 1e9:.1f} GB ({'max_memory_bytes' if c.max_memory_bytes is not None else f'{c.memory_fraction:.0%} of available RAM'}). "
                 f"Use get_method('kmeans') (flat memory up to 1M tokens), or fit on a sample: "
-                f"max_tokens={int(math.sqrt(bound / 8)):,} fits.")
+                f"max_tokens={int(math.sqrt(bound / 4)):,} fits.")
         X = gather_rows(cache.layer(self.l_in), rows).numpy().astype(np.float64)
-        labels = AgglomerativeClustering(n_clusters=c.n_clusters, linkage="ward").fit_predict(X)
+        labels = ward_labels(X, c.n_clusters)  # = sklearn's AgglomerativeClustering(linkage="ward"), half the memory
         lab = torch.from_numpy(labels.astype(np.int64))
         self.counts = torch.bincount(lab, minlength=c.n_clusters)
         sums = torch.zeros(c.n_clusters, X.shape[1], dtype=torch.float64).index_add_(0, lab, torch.from_numpy(X))
@@ -251,7 +302,7 @@ class Agglomerative(ConceptMethod):
     def _state(self): return dict(centroids=self.centroids, labels_=self.labels_, rows_=self.rows_)
     def _load_state(self, t, path): self.centroids, self.labels_, self.rows_ = t["centroids"], t["labels_"], t["rows_"]
 
-# %% ../nbs/06_baselines.ipynb #fec55ee5
+# %% ../nbs/06_baselines.ipynb #f4c93a83
 def _have_faiss() -> bool:
     try:
         import faiss  # noqa: F401
@@ -310,7 +361,7 @@ class KMeans(ConceptMethod):
     def _state(self): return dict(centroids=self.centroids)
     def _load_state(self, t, path): self.centroids = t["centroids"]
 
-# %% ../nbs/06_baselines.ipynb #dbedf149
+# %% ../nbs/06_baselines.ipynb #185129e1
 @dataclass
 class SAEConfig(ConfigMixin):
     n_latents: int = 2048
@@ -446,7 +497,7 @@ class CrossLayerSAE(ConceptMethod):
         self.top_latents = t.pop("top_latents"); self.x_scale, self.y_scale = t.pop("scales").tolist()
         self.params = t
 
-# %% ../nbs/06_baselines.ipynb #33d7ae5d
+# %% ../nbs/06_baselines.ipynb #9a802216
 @dataclass
 class CLVQVAEMethodConfig(ConfigMixin):
     codebook_size: int = 400
@@ -536,7 +587,7 @@ class SingleLayerVQVAE(CLVQVAEMethod):
             raise ValueError(f"vqvae: the single-layer VQ-VAE reconstructs its input layer, so l_out must equal l_in "
                              f"(got {l_in} -> {l_out}); use get_method('clvqvae') for a cross-layer model")
 
-# %% ../nbs/06_baselines.ipynb #a5d21e98
+# %% ../nbs/06_baselines.ipynb #3981446c
 METHODS: dict[str, type[ConceptMethod]] = {m.name: m for m in (CLVQVAEMethod, SingleLayerVQVAE, Agglomerative, KMeans, CrossLayerSAE)}
 ALIASES = {"ward": "agglomerative", "k-means": "kmeans", "clvq-vae": "clvqvae", "single-layer-vqvae": "vqvae", "vq-vae": "vqvae"}
 

@@ -15,7 +15,8 @@ import torch
 # %% auto #0
 __all__ = ['clvq_home', 'package_dir', 'get_device', 'seed_everything', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'write_json', 'read_json', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError', 'git_commit',
-           'environment', 'text_progress', 'fault_point', 'ConfigMixin']
+           'environment', 'text_progress', 'fault_point', 'ConfigMixin', 'reset_peak_memory', 'peak_memory_mb',
+           'track_memory']
 
 # %% ../nbs/00_config.ipynb #af990963
 def clvq_home() -> Path:
@@ -190,3 +191,33 @@ class ConfigMixin:
         bad = sorted(set(d) - names)
         if bad: raise ValueError(f"{cls.__name__}: unknown field(s) {bad}; accepted: {sorted(names)}")
         return cls(**d)
+
+# %% ../nbs/00_config.ipynb #f60a40d9
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"): return int(line.split()[1])
+    except OSError: pass
+    return None
+
+def reset_peak_memory() -> bool:
+    "Restart the peak-RSS count from the current RSS (Linux `/proc/self/clear_refs`); False where not supported."
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")
+        return True
+    except OSError: return False
+
+def peak_memory_mb() -> float:
+    "Peak resident memory of this process in MB (since the last `reset_peak_memory`, where supported)."
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource, sys
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)  # macOS: bytes
+    return round(kb / 1024, 1)
+
+@contextlib.contextmanager
+def track_memory(stage: str, into: dict) -> Iterator[None]:
+    "Record the peak RSS (MB) reached while the block runs as `into[stage]`."
+    reset_peak_memory()
+    try: yield
+    finally: into[stage] = peak_memory_mb()

@@ -335,7 +335,7 @@ def comparison_figure(table: pd.DataFrame | str | Path | Sequence[Mapping], refe
                       xaxis=dict(type="category"), legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
 
-# %% ../nbs/11_viz.ipynb #b8449cad
+# %% ../nbs/11_viz.ipynb #b2bebb4f
 _HEADLINE_COLS = ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "live_concepts", "dev_fvu"]
 
 def headline_html(run) -> str:
@@ -348,6 +348,7 @@ def headline_html(run) -> str:
     dropped = {k: v for k, v in (s.get("dropped_rows") or {}).items() if v}
     times = {**s.get("timings_s", {}), "salient_s": info.get("timings", {}).get("salient_s")}
     fits = {m: v.get("fit_seconds") for m, v in info.get("timings", {}).get("methods", {}).items()}
+    stages = info.get("peak_memory_by_stage_mb") or s.get("peak_memory_mb") or {}
     e = lambda x: html.escape(str(x))
     rows = [("data", f"{e(s.get('data_name', s.get('dataset')))}: {s.get('n_train_sentences')} train / {s.get('n_dev_sentences')} dev sentences"
                      + (" <b>(STAND-IN data)</b>" if s.get("stand_in") else "")),
@@ -357,7 +358,7 @@ def headline_html(run) -> str:
             ("times (s)", ", ".join(f"{e(k[:-2] if k.endswith('_s') else k)} {v:.0f}" for k, v in times.items() if v is not None)
                           + ("; fits: " + ", ".join(f"{e(m)} {v:.0f}" for m, v in fits.items() if v is not None) if fits else "")),
             ("peak memory", f"{info.get('peak_memory_mb', float('nan')):.0f} MB" + (
-                " (" + ", ".join(f"{e(k)} {v:.0f}" for k, v in s.get("peak_memory_mb", {}).items()) + ")" if s.get("peak_memory_mb") else "")),
+                " (" + ", ".join(f"{e(k)} {v:.0f}" for k, v in stages.items()) + ")" if stages else "")),
             ("settings", e(", ".join(f"{k}={v}" for k, v in {**cfg.get("method", {}), **cfg.get("evaluation", {})}.items()))),
             ("paper", f"{e(PAPER_REFERENCE['method'])}: {PAPER_REFERENCE['acc_original']}% -> {PAPER_REFERENCE['acc_removed']}% "
                       f"(random {PAPER_REFERENCE['acc_random']}%): a different model, data set and protocol")]

@@ -156,7 +156,12 @@ def test_memory_mapped_and_sharded_indexing(tiny, tmp_path):
     assert torch.equal(x[10:50], full[10:50]) and torch.equal(x[::7], full[::7]) and torch.equal(x[3], full[3])
     mask = c.tokens.keep.to_numpy() & ~c.tokens.is_tag.to_numpy()
     assert torch.equal(x[mask], full[torch.from_numpy(mask)]) and torch.equal(x[:, 4], full[:, 4])
-    torch.testing.assert_close(x.mean(0), full.mean(0)); torch.testing.assert_close(torch.cdist(x, full[:2]), torch.cdist(full, full[:2]))
+    torch.testing.assert_close(x.load(), full)
+    assert torch.equal(torch.cat([r for _, r in x.chunks(11)]), full) and [a for a, _ in x.chunks(11)][:3] == [0, 11, 22]
+    for implicit in (lambda: x.mean(0), lambda: torch.cdist(x, full[:2]), lambda: torch.cat([x, x]), lambda: np.asarray(x)):
+        with pytest.raises((TypeError, AttributeError), match=r"never materialised implicitly: call \.load\(\).*\.chunks\(n\)"):
+            implicit()
+    assert not hasattr(x, "nonexistent_attribute") and len(x._cache) <= x.max_open   # shards mapped at once stay bounded
     with pytest.raises(IndexError): x[len(x)]
     with pytest.raises(IndexError): x[np.array([len(x)])]
 

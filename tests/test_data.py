@@ -268,3 +268,64 @@ def test_frequency_filter_bad_args():
         frequency_filter([["a"]], min_count=0)
     with pytest.raises(ValueError, match="max_per_type"):
         frequency_filter([["a"]], max_per_type=0)
+
+
+# ---------------------------------------------------------------- hygiene: dropped rows counted, encodings, column names
+def test_hygiene_counts_empty_missing_duplicates(tmp_path):
+    p = tmp_path / "dirty.csv"
+    texts = [f"sentence {i}" for i in range(100)] + [""] * 10 + [None] * 10 + [f"no label {i}" for i in range(10)]
+    texts += [f"sentence {i}" for i in range(7)]                                  # 7 exact repeats
+    labels = ["a", "b"] * 50 + ["a"] * 20 + [None] * 10 + ["b"] * 7
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(p, index=False)
+    dsd = load_data(p)
+    assert dsd.hygiene == dict(rows_read=137, empty_text=20, missing_label=10, duplicate_text=7, leakage_dev=0, rows_kept=100)
+    assert len(dsd["train"]) + len(dsd["dev"]) == 100
+    assert data_summary(dsd)["hygiene"] == dsd.hygiene
+    assert _load("news", max_sentences=200).hygiene["leakage_dev"] == 0      # registry sets are counted too
+
+
+def test_hygiene_leakage_dropped_from_dev(tmp_path):
+    p = tmp_path / "leak.csv"
+    texts = [f"review {i} was fine" for i in range(80)] + [f"Review {i}  WAS fine" for i in range(20)]
+    pd.DataFrame({"text": texts, "label": ["neg", "pos"] * 50}).to_csv(p, index=False)
+    dsd = load_data(p, dev_fraction=0.2)
+    h = dsd.hygiene
+    assert h["duplicate_text"] == 0 and h["leakage_dev"] > 0
+    assert len(dsd["train"]) == 80 and len(dsd["dev"]) == 20 - h["leakage_dev"] == h["rows_kept"] - 80
+    norm = {" ".join(t.casefold().split()) for t in dsd["train"]["text"]}
+    assert not any(" ".join(t.casefold().split()) in norm for t in dsd["dev"]["text"])
+
+
+def test_encoding_error_names_file_and_option(tmp_path):
+    from clvq_nb.data import DataEncodingError
+    p = tmp_path / "latin.csv"
+    rows = [(f"café numéro {i} très bon", "oui" if i % 2 else "non") for i in range(30)]
+    p.write_bytes(("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows)).encode("latin-1"))
+    with pytest.raises(DataEncodingError, match=r"latin.csv' is not valid utf-8 text.*--encoding") as e:
+        load_data(p)
+    assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
+    dsd = load_data(p, encoding="latin-1")
+    assert sorted(list(dsd["train"]["text"]) + list(dsd["dev"]["text"])) == sorted(t for t, _ in rows)
+    with pytest.raises(ValueError, match="encoding='nope'"):
+        load_data(p, encoding="nope")
+
+
+def test_other_column_names(tmp_path):
+    p = tmp_path / "cols.jsonl"
+    pd.DataFrame({"body": [f"t {i}" for i in range(20)], "stars": ["1", "5"] * 10}).to_json(p, orient="records", lines=True)
+    with pytest.raises(ValueError, match=r"columns found: \['body', 'stars'\].*--text-col"):
+        load_data(p)
+    with pytest.raises(ValueError, match=r"'txt' not found.*columns found: \['body', 'stars'\].*--text-col/--label-col"):
+        load_data(p, text_col="txt", label_col="stars")
+    dsd = load_data(p, text_col="body", label_col="stars")
+    assert dsd.label_names == ["1", "5"] and len(dsd["train"]) + len(dsd["dev"]) == 20
+    with pytest.raises(ValueError, match="apply to local files"):
+        load_data("movie", label_col="stars")
+
+
+def test_fingerprint_is_the_cache_key():
+    "One fingerprint: a split's value is the one the classifier and activation caches key on."
+    from clvq_nb.models import dataset_fingerprint
+    dsd = _load("news", max_sentences=100)
+    assert data_fingerprint(dsd["dev"]) == dataset_fingerprint(dsd["dev"])
+    assert len(data_fingerprint(dsd)) == 16 and data_fingerprint(dsd) != data_fingerprint(dsd["train"])
