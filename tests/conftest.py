@@ -17,3 +17,13 @@ def seed() -> int:
     "Seed Python, NumPy and torch with 0 before the test; the seed is the fixture's value."
     seed_everything(0)
     return 0
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    "A saved tiny random BERT classifier (2 labels, hidden 32, 4 layers): a model folder for `model=`."
+    from clvq_nb.models import tiny_bert
+    d = tmp_path_factory.mktemp("tiny")
+    m, t = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
+    m.save_pretrained(d); t.save_pretrained(d)
+    return d

@@ -8,7 +8,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from clvq_nb.models import tiny_bert, tiny_vocab
+from clvq_nb.models import tiny_vocab
 from clvq_nb.pipeline import NOTEBOOK_PARAMETERS, ExperimentConfig, config_fields, parameters_cell
 from clvq_nb.runs import Run
 
@@ -21,14 +21,6 @@ def test_parameters_cell_declares_every_parameter():
     assert set(pm.inspect_notebook(str(NB))) == set(NOTEBOOK_PARAMETERS) == set(config_fields())
     cell = next(c for c in nbformat.read(NB, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
     assert cell.source == parameters_cell(), "regenerate run.ipynb's parameters cell from clvq_nb.pipeline.parameters_cell()"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    m, t = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
-    m.save_pretrained(d); t.save_pretrained(d)
-    return d
 
 
 def _run(tmp_path, monkeypatch, **params):
