@@ -16,12 +16,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from .activations import collate_sentences
+from .metrics import dead_fraction
 from .clvqvae import CLVQVAE, CLVQVAEConfig
 from .config import (ConfigMixin, atomic_path, atomic_write_text, clvq_home, get_device, read_json,
                             seed_everything, stable_hash, versions, write_json)
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'PROFILES', 'TrainConfig', 'profile', 'pad_collate', 'epoch_batches', 'dataset_lengths', 'rng_state',
+__all__ = ['RUNTIME_FIELDS', 'PROFILES', 'TrainConfig', 'profile', 'epoch_batches', 'dataset_lengths', 'rng_state',
            'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_diff', 'Trainer', 'evaluate_model',
            'SyntheticPairs', 'TrainResult', 'split_sentences', 'train_clvqvae']
 
@@ -91,17 +93,6 @@ def profile(name: str = "auto", device: str = "auto") -> dict:
     return {k: dict(v) for k, v in PROFILES[name].items()}
 
 # %% ../nbs/07_trainer.ipynb #f61936f9
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "Pad sentences `[(x [T_i, d_in], y [T_i, d_out])]` -> (x [B, T, d_in], y [B, T, d_out], mask [B, T] bool)."
-    T = max(len(x) for x, _ in batch)
-    x0, y0 = batch[0]
-    X = x0.new_zeros(len(batch), T, x0.shape[-1], dtype=torch.float32)
-    Y = y0.new_zeros(len(batch), T, y0.shape[-1], dtype=torch.float32)
-    M = torch.zeros(len(batch), T, dtype=torch.bool)
-    for i, (x, y) in enumerate(batch):
-        X[i, :len(x)], Y[i, :len(y)], M[i, :len(x)] = torch.as_tensor(x), torch.as_tensor(y), True
-    return X, Y, M
-
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int = 0, rank: int = 0, world: int = 1,
                   shuffle: bool = True, lengths: np.ndarray | None = None, group: int = 50) -> list[list[int]]:
     "This rank's batches of one epoch: a seeded permutation of `range(n)` split over `world` ranks, in batches (grouped by `lengths` if given)."
@@ -174,7 +165,7 @@ class _State:
 class Trainer:
     "Fit a `CLVQVAE` on sentence datasets of `(x [T, d_in], y [T, d_out])` pairs; `fit()` returns the epoch history."
     def __init__(self, model: CLVQVAE, cfg: TrainConfig | None = None, train_ds: Dataset | None = None,
-                 val_ds: Dataset | None = None, collate_fn: Callable = pad_collate, progress: bool = True,
+                 val_ds: Dataset | None = None, collate_fn: Callable = collate_sentences, progress: bool = True,
                  on_step: Callable[["Trainer", Any], None] | None = None):
         if train_ds is None or len(train_ds) == 0: raise ValueError("train_ds is empty: give a Dataset of (x [T, d_in], y [T, d_out]) sentences")
         self.cfg = cfg or TrainConfig()
@@ -283,11 +274,11 @@ def _loader(ds: Dataset, batches: list[list[int]], collate_fn: Callable, num_wor
     return DataLoader(ds, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers, generator=torch.Generator())
 
 @torch.no_grad()
-def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_fn: Callable = pad_collate,
+def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_fn: Callable = collate_sentences,
                    device: str | torch.device | None = None, amp: bool = False, num_workers: int = 0,
                    group_by_length: bool = True) -> dict:
     """Eval-mode metrics of `model` on sentence dataset `ds`: loss, recon_loss, commit_loss, fvu (over all real
-    tokens), perplexity and active_codes of the nearest-code assignment. Summed over ranks under torch.distributed."""
+    tokens), perplexity, active_codes and dead_fraction of the nearest-code assignment. Summed over ranks under torch.distributed."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     K, dout = model.cfg.codebook_size, model.cfg.d_out
@@ -314,7 +305,7 @@ def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_f
     return dict(loss=recon + model.cfg.beta * commit, recon_loss=recon, commit_loss=commit,
                 fvu=float(stats[0] / sst) if sst > 0 else float("nan"),
                 perplexity=float(torch.exp(-(p * p.clamp(min=1e-12).log()).sum())), active_codes=int((counts > 0).sum()),
-                n_tokens=int(stats[1]))
+                dead_fraction=dead_fraction(counts), n_tokens=int(stats[1]))
 
 def _evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
     "Eval-mode metrics on `ds` (default: the validation set); see `evaluate_model`."
@@ -488,8 +479,9 @@ def split_sentences(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[l
 
 def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict | None = None,
                   train_cfg: TrainConfig | dict | None = None, val_fraction: float = 0.1,
-                  progress: bool = True) -> TrainResult:
-    "Train a CLVQ-VAE reading layer `l_in` and reconstructing layer `l_out` of an `ActivationCache`."
+                  progress: bool = True, save: bool = True) -> TrainResult:
+    """Train a CLVQ-VAE reading layer `l_in` and reconstructing layer `l_out` of an `ActivationCache`.
+    Without `train_cfg.out_dir`: `save` keeps the run (resumable) under `clvq_home()/'runs'`, `save=False` writes nothing."""
     d_in, d_out = cache.dim(l_in), cache.dim(l_out)
     if isinstance(model_cfg, CLVQVAEConfig):
         if (model_cfg.d_in, model_cfg.d_out) != (d_in, d_out):
@@ -497,8 +489,8 @@ def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict 
                              f"have widths {d_in} -> {d_out}; pass a dict of the other fields instead")
         mcfg = model_cfg
     else: mcfg = CLVQVAEConfig(**{"d_in": d_in, "d_out": d_out, "layer_in": l_in, "layer_out": l_out, **(model_cfg or {})})
-    tcfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig(**(train_cfg or {}))
-    if tcfg.out_dir is None:
+    tcfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig.from_dict(train_cfg or {})
+    if tcfg.out_dir is None and save:
         key = {"cache": str(Path(cache.path).resolve()), "l_in": l_in, "l_out": l_out, "model": mcfg.to_dict(),
                "train": {k: v for k, v in tcfg.to_dict().items() if k not in RUNTIME_FIELDS}, "val_fraction": val_fraction}
         tcfg = TrainConfig(**{**tcfg.to_dict(), "out_dir": str(clvq_home() / "runs" / f"clvqvae-L{l_in}-L{l_out}-{stable_hash(key)}")})
@@ -510,4 +502,4 @@ def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict 
     trainer = Trainer(model, tcfg, train_ds, val_ds, progress=progress)
     history = trainer.fit()
     val = trainer.evaluate() if val_ds is not None else {}
-    return TrainResult(model.eval(), history, val, Path(tcfg.out_dir), len(train_ds), len(va_ids), trainer.stop_reason)
+    return TrainResult(model.eval(), history, val, tcfg.out_dir and Path(tcfg.out_dir), len(train_ds), len(va_ids), trainer.stop_reason)
