@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
@@ -217,7 +218,8 @@ def _gather_rng(self: Trainer) -> list:
     out = [None] * self.world; dist.all_gather_object(out, s)
     return out
 
-def _save(self: Trainer) -> Path | None:
+@patch
+def save(self: Trainer) -> Path | None:
     "Write the checkpoint (rank 0; every rank joins the RNG gather)."
     rngs = _gather_rng(self)
     if not (self.is_main and self.out_dir): return None
@@ -228,12 +230,14 @@ def _save(self: Trainer) -> Path | None:
 
 def _metrics_path(self: Trainer) -> Path | None: return self.out_dir / "metrics.jsonl" if self.out_dir else None
 
+@patch
 def _log(self: Trainer, rec: dict) -> None:
     if rec.get("type") == "epoch": self.history.append(rec)
     if self.is_main and self.out_dir:
         with open(_metrics_path(self), "a", encoding="utf-8") as f: f.write(json.dumps(rec) + "\n")
 
-def _resume(self: Trainer) -> bool:
+@patch
+def resume(self: Trainer) -> bool:
     "Restore the state of `out_dir/checkpoint.pt` if there is one (and `cfg.resume`); True when resumed."
     p = self.ckpt_path
     if p is None or not p.exists() or not self.cfg.resume: return False
@@ -260,7 +264,6 @@ def _resume(self: Trainer) -> bool:
     self.history = [r for r in lines if r.get("type") == "epoch"]
     return True
 
-Trainer.save, Trainer.resume, Trainer._log = _save, _resume, _log
 
 # %% ../nbs/07_trainer.ipynb #6769539c
 def _check_finite(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
@@ -307,12 +310,12 @@ def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_f
                 perplexity=float(torch.exp(-(p * p.clamp(min=1e-12).log()).sum())), active_codes=int((counts > 0).sum()),
                 dead_fraction=dead_fraction(counts), n_tokens=int(stats[1]))
 
-def _evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
+@patch
+def evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
     "Eval-mode metrics on `ds` (default: the validation set); see `evaluate_model`."
     return evaluate_model(self.raw, self.val_ds if ds is None else ds, self.local_bs, self.collate_fn, self.device,
                           self.amp, self.cfg.num_workers, self.cfg.group_by_length)
 
-Trainer.evaluate = _evaluate
 
 # %% ../nbs/07_trainer.ipynb #c8128c06
 def _stop_now(self: Trainer, t0: float) -> str | None:
@@ -387,7 +390,8 @@ def _init_from_sample(self: Trainer) -> None:
     self.raw.train(was)
     q.init_codebook(torch.cat(zs))
 
-def _fit(self: Trainer) -> list[dict]:
+@patch
+def fit(self: Trainer) -> list[dict]:
     "Train until `epochs`, early stopping, `max_steps` or `max_minutes`; returns the per-epoch history (also in metrics.jsonl)."
     c, st = self.cfg, self.state
     if not self.resume():
@@ -439,7 +443,6 @@ def _fit(self: Trainer) -> list[dict]:
     if self.is_main and self.out_dir: self.raw.save_pretrained(self.out_dir / "model")  # the last weights if no epoch was validated yet
     return self.history
 
-Trainer.fit = _fit
 
 # %% ../nbs/07_trainer.ipynb #74271a15
 class SyntheticPairs(Dataset):
