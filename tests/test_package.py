@@ -58,12 +58,6 @@ def _venv_reusing_deps(d: Path) -> Path:
     return py
 
 
-def _subcommands() -> set[str]:
-    "The `clvq` subcommands (from the parser's subparsers action)."
-    import argparse
-    return {n for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction) for n in a.choices}
-
-
 @pytest.mark.slow
 def test_wheel_ships_notebooks_and_runs_main_outside_repo(tmp_path, tiny_model):
     src = _checkout_copy(tmp_path / "src")
@@ -89,14 +83,14 @@ def test_wheel_ships_notebooks_and_runs_main_outside_repo(tmp_path, tiny_model):
     assert Path(pkg_file).is_relative_to(venv) and Path(run_nb).is_relative_to(venv), probe.stdout
     assert Path(kernel_py).parent == py.parent, kernel_py        # papermill's kernel imports the wheel, not the checkout
 
-    if "notebooks" in _subcommands(): _run([venv / "bin" / "clvq", "notebooks", outside / "nbs"], cwd=outside, env=env)
+    if "notebooks" in cli.COMMANDS: _run([venv / "bin" / "clvq", "notebooks", outside / "nbs"], cwd=outside, env=env)
     else: _run([py, "-c", "import sys; from clvq_nb.notebooks import copy_notebooks; copy_notebooks(sys.argv[1])", outside / "nbs"],
                cwd=outside, env=env)
     assert {p.relative_to(outside / "nbs").as_posix() for p in (outside / "nbs").rglob("*.ipynb")} == set(list_notebooks())
 
     run_dir = tmp_path / "run"
     args = ["main", "--model", tiny_model, "--layer-in", 2, "--layer-out", 4, "--max-sentences", 240, "--codebook-size", 8,
-            "--method", "kmeans", "--folds", 2, "--ig-steps", 4, "--max-train", 200, "--quiet"]
+            "--methods", "kmeans", "--folds", 2, "--ig-steps", 4, "--max-train", 200, "--quiet"]
     if "notebook_path" in inspect.getsource(cli):        # the CLI finds the packaged notebook itself
         cmd = [venv / "bin" / "clvq", *args]
     else:                                               # until then: the same main, with find_notebook wired here
