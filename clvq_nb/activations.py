@@ -414,15 +414,16 @@ class ShardedTensor:
 
 # %% ../nbs/03_activations.ipynb #07b61027
 def collate_sentences(batch: list[tuple[torch.Tensor, torch.Tensor]]):
-    """Pad a list of `(x [T_i, d_in], y [T_i, d_out])` sentences.
-    Returns `(x [B, T, d_in], y [B, T, d_out], mask [B, T] bool)`, T = longest sentence, padding zeros."""
+    """Pad a list of `(x [T_i, d_in], y [T_i, d_out])` sentences (tensors or arrays, any float dtype).
+    Returns `(x [B, T, d_in], y [B, T, d_out], mask [B, T] bool)` in float32, T = longest sentence, padding zeros.
+    The one collate of the package: the trainer, the evaluator and the concept methods batch with it."""
     if not batch: raise ValueError("collate_sentences got an empty batch")
-    T = max(x.shape[0] for x, _ in batch)
+    T = max(len(a) for a, _ in batch)
     B, din, dout = len(batch), batch[0][0].shape[-1], batch[0][1].shape[-1]
-    x = torch.zeros(B, T, din, dtype=batch[0][0].dtype); y = torch.zeros(B, T, dout, dtype=batch[0][1].dtype)
+    x, y = torch.zeros(B, T, din), torch.zeros(B, T, dout)  # float32: fp16/bf16 caches are widened here
     mask = torch.zeros(B, T, dtype=torch.bool)
     for i, (a, b) in enumerate(batch):
-        x[i, :len(a)] = a; y[i, :len(b)] = b; mask[i, :len(a)] = True
+        x[i, :len(a)], y[i, :len(b)], mask[i, :len(a)] = torch.as_tensor(a), torch.as_tensor(b), True
     return x, y, mask
 
 class TokenPairs(Dataset):

@@ -546,22 +546,12 @@ class CLVQVAEMethod(ConceptMethod):
         c = self.cfg
         rows = fit_rows(cache)
         _check_k(self.name, c.codebook_size, len(rows), "codebook_size", self.l_in)
-        from clvq_nb.clvqvae import CLVQVAE, CLVQVAEConfig
-        from clvq_nb.trainer import TrainConfig, Trainer
-        seed_everything(c.seed)
-        ds = cache.sentence_pairs(self.l_in, self.l_out)
-        perm = np.random.default_rng(c.seed).permutation(len(ds))
-        n_val = int(round(c.val_fraction * len(ds))) if len(ds) > 1 else 0
-        val_ds = torch.utils.data.Subset(ds, sorted(perm[:n_val].tolist())) if n_val else None
-        train_ds = torch.utils.data.Subset(ds, sorted(perm[n_val:].tolist()))
-        mcfg = CLVQVAEConfig(d_in=self.d_in, d_out=self.d_out, codebook_size=c.codebook_size,
-                             layer_in=self.l_in, layer_out=self.l_out, **c.model)
-        self.model = CLVQVAE(mcfg)
-        tcfg = TrainConfig.from_dict({"seed": c.seed, **c.train})  # out_dir None: nothing written unless asked
-        history = Trainer(self.model, tcfg, train_ds, val_ds, progress=progress).fit()
-        self.model.eval().cpu()
-        self.info.update(n_sentences_train=len(train_ds), n_sentences_val=n_val,
-                         history=history if isinstance(history, (list, dict)) else None)
+        from clvq_nb.trainer import train_clvqvae  # the one training path: same split, seeding and trainer
+        res = train_clvqvae(cache, self.l_in, self.l_out, {**c.model, "codebook_size": c.codebook_size},
+                            {"seed": c.seed, **c.train}, val_fraction=c.val_fraction, progress=progress,
+                            save=False)  # out_dir None: nothing written unless asked
+        self.model = res.model.eval().cpu()
+        self.info.update(n_sentences_train=res.n_train, n_sentences_val=res.n_val, history=res.history)
         self.counts = self._count_members(cache, rows)
 
     @torch.no_grad()

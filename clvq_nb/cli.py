@@ -17,16 +17,16 @@ from .runs import Run
 
 # %% auto #0
 __all__ = ['Exp', 'REPORT_TAGS', 'COMMANDS', 'find_notebook', 'print_summary', 'print_table', 'Relay', 'execute_notebook',
-           'write_report', 'cmd_main', 'cmd_compare', 'cmd_train', 'cmd_sweep', 'cmd_judge', 'main']
+           'write_report', 'cmd_main', 'cmd_compare', 'cmd_train', 'cmd_sweep', 'cmd_judge', 'cmd_notebooks', 'main']
 
-# %% ../nbs/12_cli.ipynb #95d58fd2
+# %% ../nbs/12_cli.ipynb #0dbd8dc8
 Exp = Annotated[ExperimentConfig, tyro.conf.OmitArgPrefixes, tyro.conf.arg(name="")]  # every config field is a flat --option
 
-def find_notebook(rel: str = "nbs/experiments/run.ipynb") -> Path | None:
-    "The experiment notebook of a source checkout (None when clvq_nb is installed without its notebooks)."
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        if (base / rel).exists(): return base / rel
-    return None
+def find_notebook(name: str = "experiments/run.ipynb") -> Path | None:
+    "The experiment notebook: the source checkout's, else the installed package's (None when neither has it)."
+    from clvq_nb.notebooks import notebook_path
+    try: return notebook_path(name)
+    except FileNotFoundError: return None
 
 def print_summary(s: dict) -> None:
     "The main job's short summary: data and dropped rows, dev accuracy, cached tokens, caches, times, memory."
@@ -94,7 +94,7 @@ def write_report(executed: Path, report: Path) -> Path:
     body, _ = ex.from_notebook_node(nbformat.read(executed, as_version=4))
     return atomic_write_text(report, body)
 
-# %% ../nbs/12_cli.ipynb #c97b793a
+# %% ../nbs/12_cli.ipynb #b33a5f21
 def cmd_main(cfg: Exp, prepare_only: bool = False, no_notebook: bool = False, quiet: bool = False, debug: bool = False) -> int:
     """The main job: the full experiment (data, classifier, activation caches, every method, concept removal) through
     the experiment notebook; leaves the executed notebook and a static HTML report in the run folder.
@@ -112,7 +112,7 @@ def cmd_main(cfg: Exp, prepare_only: bool = False, no_notebook: bool = False, qu
     run = open_run(cfg)          # refuses a folder of another experiment before any work
     nb = None if no_notebook else find_notebook()
     if nb is None:
-        if not no_notebook: print("[main] nbs/experiments/run.ipynb not found (installed package): running the pipeline directly")
+        if not no_notebook: print("[main] the experiment notebook is not installed: running the pipeline directly (no report)")
         compare(prepare(cfg, progress=not quiet), progress=not quiet)
     else:
         params = {**cfg.flat(), "output_dir": str(run.path.resolve())}
@@ -155,7 +155,7 @@ def cmd_train(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
     print(f"model: {res.out_dir / 'model'}  (CLVQVAE.from_pretrained)")
     return 0
 
-# %% ../nbs/12_cli.ipynb #703f052b
+# %% ../nbs/12_cli.ipynb #a2582083
 def _scalar(x: str):
     "Parse a CLI grid value: int, float, bool or string."
     x = x.strip()
@@ -185,7 +185,7 @@ def cmd_sweep(set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (), g
         axes[k.strip()] = [_scalar(x) for x in v.split(",")]
     if not axes: raise ClvqError("empty grid: give --grid grid.yaml and/or --set name=v1,v2")
     nb = Path(notebook) if notebook else find_notebook()
-    if nb is None: raise ClvqError("nbs/experiments/run.ipynb not found: pass --notebook PATH")
+    if nb is None: raise ClvqError("the experiment notebook run.ipynb is not in this checkout or package: pass --notebook PATH")
     summary = run_sweep(axes, notebook=nb, out_dir=out, resume=not no_resume, overwrite=overwrite)
     cols = [c for c in summary.columns if c in ("point", "status", "relative_drop", "acc_removed", "dev_fvu", *axes)]
     print(summary[cols].to_string(index=False))
@@ -215,8 +215,20 @@ def cmd_judge(cfg: Exp, run_dir: Optional[str] = None, backend: str = "local", m
     print(f"ratings: {d}/*.jsonl  table: {d / 'ranking.csv'}  figure: {d / 'ratings.html'}")
     return 0
 
-# %% ../nbs/12_cli.ipynb #b1a647e2
-COMMANDS = {"main": cmd_main, "compare": cmd_compare, "train": cmd_train, "sweep": cmd_sweep, "judge": cmd_judge}
+def cmd_notebooks(dest: tyro.conf.Positional[str], overwrite: bool = False, debug: bool = False) -> int:
+    """Copy the experiment and explore notebooks (shipped in the package) to DEST, to run or edit them.
+
+    Args:
+        dest: folder to copy them into (experiments/ and explore/ are created inside)
+        overwrite: replace notebooks that already exist there
+        debug: show tracebacks of user errors."""
+    from clvq_nb.notebooks import copy_notebooks
+    for p in copy_notebooks(dest, overwrite=overwrite): print(p)
+    return 0
+
+# %% ../nbs/12_cli.ipynb #c79d7393
+COMMANDS = {"main": cmd_main, "compare": cmd_compare, "train": cmd_train, "sweep": cmd_sweep, "judge": cmd_judge,
+            "notebooks": cmd_notebooks}
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `clvq` console script: user errors as one line (exit 2), tracebacks with --debug."
@@ -224,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="clvq",
                                                     description="Cross-layer VQ-VAE concept discovery (CLVQ-VAE) for transformer classifiers.")
-    except (ValueError, FileNotFoundError, MemoryError) as e:   # ClvqError is a ValueError; older modules raise ValueError
+    except (ValueError, FileNotFoundError, FileExistsError, MemoryError) as e:   # ClvqError is a ValueError; older modules raise ValueError
         if "--debug" in argv: raise
         cmd = next((a for a in argv if a in COMMANDS), "")
         print(f"clvq {cmd}: error: {e}", file=sys.stderr)

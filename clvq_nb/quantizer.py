@@ -7,14 +7,15 @@ from __future__ import annotations
 import contextlib, math
 from typing import NamedTuple
 
+from fastcore.basics import patch
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['INITS', 'VQOutput', 'nearest_code', 'kmeans', 'init_centroids', 'VectorQuantizer', 'set_codebook', 'init_codebook',
-           'reset_usage', 'forward', 'encode', 'decode', 'usage_stats']
+__all__ = ['INITS', 'VQOutput', 'nearest_code', 'kmeans', 'init_centroids', 'VectorQuantizer']
 
 # %% ../nbs/04_quantizer.ipynb #e506182d
 class VQOutput(NamedTuple):
@@ -152,6 +153,7 @@ class VectorQuantizer(nn.Module):
     def _distributed(self) -> bool: return self.sync_distributed and _ddp_world() > 1
 
 # %% ../nbs/04_quantizer.ipynb #3337164f
+@patch
 @torch.no_grad()
 def _check_input(self: VectorQuantizer, x: Tensor, batch_idx: int | None = None, finite: bool = True) -> None:
     "Raise a clear error for a wrong width or (when `finite`) NaN/Inf values in `x: [..., dim]`."
@@ -166,7 +168,6 @@ def _check_input(self: VectorQuantizer, x: Tensor, batch_idx: int | None = None,
             where = f"batch {batch_idx}" if batch_idx is not None else "the input batch"
             raise ValueError(f"{where} holds {bad} NaN/Inf value(s) out of {x.numel()} (shape {tuple(x.shape)}); "
                              f"check the activations (e.g. fp16 overflow) or the learning rate")
-VectorQuantizer._check_input = _check_input
 
 # %% ../nbs/04_quantizer.ipynb #b2b7af2c
 def _gather_rows(x: Tensor) -> Tensor:
@@ -180,6 +181,7 @@ def _gather_rows(x: Tensor) -> Tensor:
     dist.all_gather(out, pad.contiguous())
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
+@patch
 @torch.no_grad()
 def set_codebook(self: VectorQuantizer, embed: Tensor) -> None:
     "Load codes `embed: [K, dim]`; `N` <- 1, `m` <- codes, usage reset."
@@ -188,6 +190,7 @@ def set_codebook(self: VectorQuantizer, embed: Tensor) -> None:
     self.embed.copy_(embed); self.embed_avg.copy_(embed); self.cluster_size.fill_(1.0)
     self.initted.fill_(True); self.reset_usage()
 
+@patch
 @torch.no_grad()
 def init_codebook(self: VectorQuantizer, x: Tensor) -> None:
     "Initialise the codes from `x: [..., dim]` by `self.init` (gathered over ranks under torch.distributed)."
@@ -207,13 +210,14 @@ def init_codebook(self: VectorQuantizer, x: Tensor) -> None:
         c = init_centroids(x.cpu(), self.codebook_size, self.init, self.kmeans_iters, torch.Generator().manual_seed(seed)).to(self.embed)
     self.set_codebook(c)
 
+@patch
 @torch.no_grad()
 def reset_usage(self: VectorQuantizer) -> None:
     "Zero the usage counts behind `usage_stats()`."
     self.usage.zero_()
-VectorQuantizer.set_codebook, VectorQuantizer.init_codebook, VectorQuantizer.reset_usage = set_codebook, init_codebook, reset_usage
 
 # %% ../nbs/04_quantizer.ipynb #15f4b6fe
+@patch
 @torch.no_grad()
 def _half_sq_norms(self: VectorQuantizer) -> Tensor:
     "`||e||²/2` per code `[K]`, cached until `embed` is replaced or written in place (tracked by its version counter)."
@@ -223,6 +227,7 @@ def _half_sq_norms(self: VectorQuantizer) -> Tensor:
         self._e2_cache = c
     return c[2]
 
+@patch
 @torch.no_grad()
 def _assign(self: VectorQuantizer, flat: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
     """Code index per row of `flat: [n, dim]` (fp32): top-k sampling when `sample`, else argmin.
@@ -243,6 +248,7 @@ def _assign(self: VectorQuantizer, flat: Tensor, sample: bool) -> tuple[Tensor, 
     finite = torch.isfinite(torch.cat(best).sum()) if best else torch.tensor(True)
     return (out[0] if len(out) == 1 else torch.cat(out)), finite
 
+@patch
 @torch.no_grad()
 def _ema_update(self: VectorQuantizer, flat: Tensor, idx: Tensor) -> tuple[Tensor, int]:
     "EMA codebook update from rows `flat: [n, dim]` assigned to `idx: [n]`; returns (global counts [K], restarts)."
@@ -264,6 +270,7 @@ def _ema_update(self: VectorQuantizer, flat: Tensor, idx: Tensor) -> tuple[Tenso
     restarts = self._restart_dead(flat) if self.dead_code_threshold > 0 else 0
     return counts, restarts
 
+@patch
 @torch.no_grad()
 def _restart_dead(self: VectorQuantizer, flat: Tensor) -> int:
     "Re-seed codes whose EMA count is under `dead_code_threshold` from random batch rows; returns how many."
@@ -287,8 +294,6 @@ def _restart_dead(self: VectorQuantizer, flat: Tensor) -> int:
     self.restarts_total += n_new
     return n_new
 
-VectorQuantizer._half_sq_norms = _half_sq_norms
-VectorQuantizer._assign, VectorQuantizer._ema_update, VectorQuantizer._restart_dead = _assign, _ema_update, _restart_dead
 
 # %% ../nbs/04_quantizer.ipynb #d22102b8
 class _StraightThrough(torch.autograd.Function):
@@ -305,6 +310,7 @@ def _perplexity(counts: Tensor) -> Tensor:
     p = counts / counts.sum().clamp(min=1e-12)
     return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())
 
+@patch
 def forward(self: VectorQuantizer, x: Tensor, mask: Tensor | None = None, batch_idx: int | None = None) -> VQOutput:
     """Quantize `x: [..., dim]` (optional `mask: [...]` bool, True = real vector; `batch_idx` names the batch in errors).
     Training: top-k temperature sampling + EMA update (+ dead-code restarts). Eval: nearest code.
@@ -338,6 +344,7 @@ def forward(self: VectorQuantizer, x: Tensor, mask: Tensor | None = None, batch_
             counts = torch.bincount(sel_idx, minlength=self.codebook_size).float()
     return VQOutput(quantized, idx.view(lead), commit, _perplexity(counts), restarts)
 
+@patch
 @torch.no_grad()
 def encode(self: VectorQuantizer, x: Tensor) -> Tensor:
     "Nearest-code indices `[...]` of `x: [..., dim]` (no sampling, no update)."
@@ -348,12 +355,19 @@ def encode(self: VectorQuantizer, x: Tensor) -> Tensor:
     if not finite: self._check_input(x)
     return idx.view(x.shape[:-1])
 
+@patch
 def decode(self: VectorQuantizer, indices: Tensor) -> Tensor:
     "Code vectors `[..., dim]` of `indices: [...]` long."
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
         raise IndexError(f"indices must be in [0, {self.codebook_size}), got range [{int(indices.min())}, {int(indices.max())}]")
     return F.embedding(indices, self.embed)
 
+@patch
+def get_output_from_indices(self: VectorQuantizer, indices: Tensor) -> Tensor:
+    "`decode` under vector-quantize-pytorch's name."
+    return self.decode(indices)
+
+@patch
 @torch.no_grad()
 def usage_stats(self: VectorQuantizer) -> dict:
     "Code usage since the last `reset_usage()`: perplexity, active codes, dead fraction (+ restarts so far)."
@@ -361,5 +375,3 @@ def usage_stats(self: VectorQuantizer) -> dict:
     return dict(perplexity=float(_perplexity(self.usage)), active_codes=active,
                 dead_fraction=1.0 - active / self.codebook_size, restarts=int(self.restarts_total))
 
-VectorQuantizer.forward, VectorQuantizer.encode, VectorQuantizer.decode = forward, encode, decode
-VectorQuantizer.get_output_from_indices, VectorQuantizer.usage_stats = decode, usage_stats

@@ -12,16 +12,19 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from .activations import collate_sentences
+from .metrics import dead_fraction
 from .clvqvae import CLVQVAE, CLVQVAEConfig
 from .config import (ConfigMixin, atomic_path, atomic_write_text, clvq_home, get_device, read_json,
                             seed_everything, stable_hash, versions, write_json)
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'PROFILES', 'TrainConfig', 'profile', 'pad_collate', 'epoch_batches', 'dataset_lengths', 'rng_state',
+__all__ = ['RUNTIME_FIELDS', 'PROFILES', 'TrainConfig', 'profile', 'epoch_batches', 'dataset_lengths', 'rng_state',
            'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_diff', 'Trainer', 'evaluate_model',
            'SyntheticPairs', 'TrainResult', 'split_sentences', 'train_clvqvae']
 
@@ -91,17 +94,6 @@ def profile(name: str = "auto", device: str = "auto") -> dict:
     return {k: dict(v) for k, v in PROFILES[name].items()}
 
 # %% ../nbs/07_trainer.ipynb #f61936f9
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "Pad sentences `[(x [T_i, d_in], y [T_i, d_out])]` -> (x [B, T, d_in], y [B, T, d_out], mask [B, T] bool)."
-    T = max(len(x) for x, _ in batch)
-    x0, y0 = batch[0]
-    X = x0.new_zeros(len(batch), T, x0.shape[-1], dtype=torch.float32)
-    Y = y0.new_zeros(len(batch), T, y0.shape[-1], dtype=torch.float32)
-    M = torch.zeros(len(batch), T, dtype=torch.bool)
-    for i, (x, y) in enumerate(batch):
-        X[i, :len(x)], Y[i, :len(y)], M[i, :len(x)] = torch.as_tensor(x), torch.as_tensor(y), True
-    return X, Y, M
-
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int = 0, rank: int = 0, world: int = 1,
                   shuffle: bool = True, lengths: np.ndarray | None = None, group: int = 50) -> list[list[int]]:
     "This rank's batches of one epoch: a seeded permutation of `range(n)` split over `world` ranks, in batches (grouped by `lengths` if given)."
@@ -174,7 +166,7 @@ class _State:
 class Trainer:
     "Fit a `CLVQVAE` on sentence datasets of `(x [T, d_in], y [T, d_out])` pairs; `fit()` returns the epoch history."
     def __init__(self, model: CLVQVAE, cfg: TrainConfig | None = None, train_ds: Dataset | None = None,
-                 val_ds: Dataset | None = None, collate_fn: Callable = pad_collate, progress: bool = True,
+                 val_ds: Dataset | None = None, collate_fn: Callable = collate_sentences, progress: bool = True,
                  on_step: Callable[["Trainer", Any], None] | None = None):
         if train_ds is None or len(train_ds) == 0: raise ValueError("train_ds is empty: give a Dataset of (x [T, d_in], y [T, d_out]) sentences")
         self.cfg = cfg or TrainConfig()
@@ -226,7 +218,8 @@ def _gather_rng(self: Trainer) -> list:
     out = [None] * self.world; dist.all_gather_object(out, s)
     return out
 
-def _save(self: Trainer) -> Path | None:
+@patch
+def save(self: Trainer) -> Path | None:
     "Write the checkpoint (rank 0; every rank joins the RNG gather)."
     rngs = _gather_rng(self)
     if not (self.is_main and self.out_dir): return None
@@ -237,12 +230,14 @@ def _save(self: Trainer) -> Path | None:
 
 def _metrics_path(self: Trainer) -> Path | None: return self.out_dir / "metrics.jsonl" if self.out_dir else None
 
+@patch
 def _log(self: Trainer, rec: dict) -> None:
     if rec.get("type") == "epoch": self.history.append(rec)
     if self.is_main and self.out_dir:
         with open(_metrics_path(self), "a", encoding="utf-8") as f: f.write(json.dumps(rec) + "\n")
 
-def _resume(self: Trainer) -> bool:
+@patch
+def resume(self: Trainer) -> bool:
     "Restore the state of `out_dir/checkpoint.pt` if there is one (and `cfg.resume`); True when resumed."
     p = self.ckpt_path
     if p is None or not p.exists() or not self.cfg.resume: return False
@@ -269,7 +264,6 @@ def _resume(self: Trainer) -> bool:
     self.history = [r for r in lines if r.get("type") == "epoch"]
     return True
 
-Trainer.save, Trainer.resume, Trainer._log = _save, _resume, _log
 
 # %% ../nbs/07_trainer.ipynb #6769539c
 def _check_finite(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
@@ -283,11 +277,11 @@ def _loader(ds: Dataset, batches: list[list[int]], collate_fn: Callable, num_wor
     return DataLoader(ds, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers, generator=torch.Generator())
 
 @torch.no_grad()
-def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_fn: Callable = pad_collate,
+def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_fn: Callable = collate_sentences,
                    device: str | torch.device | None = None, amp: bool = False, num_workers: int = 0,
                    group_by_length: bool = True) -> dict:
     """Eval-mode metrics of `model` on sentence dataset `ds`: loss, recon_loss, commit_loss, fvu (over all real
-    tokens), perplexity and active_codes of the nearest-code assignment. Summed over ranks under torch.distributed."""
+    tokens), perplexity, active_codes and dead_fraction of the nearest-code assignment. Summed over ranks under torch.distributed."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     K, dout = model.cfg.codebook_size, model.cfg.d_out
@@ -314,14 +308,14 @@ def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_f
     return dict(loss=recon + model.cfg.beta * commit, recon_loss=recon, commit_loss=commit,
                 fvu=float(stats[0] / sst) if sst > 0 else float("nan"),
                 perplexity=float(torch.exp(-(p * p.clamp(min=1e-12).log()).sum())), active_codes=int((counts > 0).sum()),
-                n_tokens=int(stats[1]))
+                dead_fraction=dead_fraction(counts), n_tokens=int(stats[1]))
 
-def _evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
+@patch
+def evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
     "Eval-mode metrics on `ds` (default: the validation set); see `evaluate_model`."
     return evaluate_model(self.raw, self.val_ds if ds is None else ds, self.local_bs, self.collate_fn, self.device,
                           self.amp, self.cfg.num_workers, self.cfg.group_by_length)
 
-Trainer.evaluate = _evaluate
 
 # %% ../nbs/07_trainer.ipynb #c8128c06
 def _stop_now(self: Trainer, t0: float) -> str | None:
@@ -396,7 +390,8 @@ def _init_from_sample(self: Trainer) -> None:
     self.raw.train(was)
     q.init_codebook(torch.cat(zs))
 
-def _fit(self: Trainer) -> list[dict]:
+@patch
+def fit(self: Trainer) -> list[dict]:
     "Train until `epochs`, early stopping, `max_steps` or `max_minutes`; returns the per-epoch history (also in metrics.jsonl)."
     c, st = self.cfg, self.state
     if not self.resume():
@@ -448,7 +443,6 @@ def _fit(self: Trainer) -> list[dict]:
     if self.is_main and self.out_dir: self.raw.save_pretrained(self.out_dir / "model")  # the last weights if no epoch was validated yet
     return self.history
 
-Trainer.fit = _fit
 
 # %% ../nbs/07_trainer.ipynb #74271a15
 class SyntheticPairs(Dataset):
@@ -488,8 +482,9 @@ def split_sentences(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[l
 
 def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict | None = None,
                   train_cfg: TrainConfig | dict | None = None, val_fraction: float = 0.1,
-                  progress: bool = True) -> TrainResult:
-    "Train a CLVQ-VAE reading layer `l_in` and reconstructing layer `l_out` of an `ActivationCache`."
+                  progress: bool = True, save: bool = True) -> TrainResult:
+    """Train a CLVQ-VAE reading layer `l_in` and reconstructing layer `l_out` of an `ActivationCache`.
+    Without `train_cfg.out_dir`: `save` keeps the run (resumable) under `clvq_home()/'runs'`, `save=False` writes nothing."""
     d_in, d_out = cache.dim(l_in), cache.dim(l_out)
     if isinstance(model_cfg, CLVQVAEConfig):
         if (model_cfg.d_in, model_cfg.d_out) != (d_in, d_out):
@@ -497,8 +492,8 @@ def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict 
                              f"have widths {d_in} -> {d_out}; pass a dict of the other fields instead")
         mcfg = model_cfg
     else: mcfg = CLVQVAEConfig(**{"d_in": d_in, "d_out": d_out, "layer_in": l_in, "layer_out": l_out, **(model_cfg or {})})
-    tcfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig(**(train_cfg or {}))
-    if tcfg.out_dir is None:
+    tcfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig.from_dict(train_cfg or {})
+    if tcfg.out_dir is None and save:
         key = {"cache": str(Path(cache.path).resolve()), "l_in": l_in, "l_out": l_out, "model": mcfg.to_dict(),
                "train": {k: v for k, v in tcfg.to_dict().items() if k not in RUNTIME_FIELDS}, "val_fraction": val_fraction}
         tcfg = TrainConfig(**{**tcfg.to_dict(), "out_dir": str(clvq_home() / "runs" / f"clvqvae-L{l_in}-L{l_out}-{stable_hash(key)}")})
@@ -510,4 +505,4 @@ def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict 
     trainer = Trainer(model, tcfg, train_ds, val_ds, progress=progress)
     history = trainer.fit()
     val = trainer.evaluate() if val_ds is not None else {}
-    return TrainResult(model.eval(), history, val, Path(tcfg.out_dir), len(train_ds), len(va_ids), trainer.stop_reason)
+    return TrainResult(model.eval(), history, val, tcfg.out_dir and Path(tcfg.out_dir), len(train_ds), len(va_ids), trainer.stop_reason)

@@ -313,6 +313,20 @@ def test_real_activation_cache(tmp_path):
     assert torch.equal(gather_rows(cache.layer(1), rows, chunk=7), cache.layer(1)[:][torch.from_numpy(rows)].float())
 
 
+def test_clvqvae_method_is_train_clvqvae(toy):
+    "One training path: the concept method holds out the same sentences and ends with the same weights as train_clvqvae."
+    from clvq_nb.trainer import split_sentences, train_clvqvae
+    model, train = dict(top_k=2, n_layers=1, n_heads=2, d_ff=16, dropout=0.0), dict(epochs=2, batch_size=16, lr=3e-3)
+    m = CLVQVAEMethod(codebook_size=4, model=model, train=train, val_fraction=0.2, seed=3).fit(toy, 0, 2, progress=False)
+    res = train_clvqvae(toy, 0, 2, dict(model, codebook_size=4), dict(train, seed=3), val_fraction=0.2, progress=False, save=False)
+    tr, va = split_sentences(toy.n_sentences, 0.2, seed=3)
+    assert (m.info["n_sentences_train"], m.info["n_sentences_val"]) == (res.n_train, res.n_val) == (len(tr), len(va))
+    untimed = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert res.out_dir is None and untimed(m.info["history"]) == untimed(res.history)
+    mine = m.model.state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in res.model.state_dict().items())
+
+
 @pytest.mark.parametrize("name,l_out", [("vqvae", None), ("clvqvae", 2)])
 def test_vq_methods_fit(toy, name, l_out, tmp_path):
     pytest.importorskip("clvq_nb.trainer")

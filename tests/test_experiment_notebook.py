@@ -8,7 +8,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from clvq_nb.models import tiny_bert, tiny_vocab
+from clvq_nb.models import tiny_vocab
 from clvq_nb.pipeline import NOTEBOOK_PARAMETERS, ExperimentConfig, config_fields, parameters_cell
 from clvq_nb.runs import Run
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Subset
 
 from clvq_nb.clvqvae import CLVQVAE, CLVQVAEConfig
-from clvq_nb.trainer import (RUNTIME_FIELDS, SyntheticPairs, TrainConfig, Trainer, load_checkpoint, pad_collate,
+from clvq_nb.trainer import (RUNTIME_FIELDS, SyntheticPairs, TrainConfig, Trainer, load_checkpoint,
                              split_sentences, train_clvqvae)
 
 DATA = SyntheticPairs(160, seed=0)
@@ -235,9 +235,10 @@ def test_config_validation():
     assert "max_minutes" in RUNTIME_FIELDS and "lr" not in RUNTIME_FIELDS
 
 
-def test_pad_collate_casts_fp16():
-    x, y, m = pad_collate([(torch.ones(2, 3, dtype=torch.float16), torch.ones(2, 1, dtype=torch.float16)),
-                           (torch.ones(1, 3, dtype=torch.float16), torch.ones(1, 1, dtype=torch.float16))])
+def test_collate_casts_fp16():  # the trainer batches with the one collate of the package
+    from clvq_nb.activations import collate_sentences
+    x, y, m = collate_sentences([(torch.ones(2, 3, dtype=torch.float16), torch.ones(2, 1, dtype=torch.float16)),
+                                 (torch.ones(1, 3, dtype=torch.float16), torch.ones(1, 1, dtype=torch.float16))])
     assert x.dtype == torch.float32 and m.tolist() == [[True, True], [True, False]]
 
 
@@ -249,3 +250,19 @@ def test_train_clvqvae_width_mismatch(tmp_path):
     with pytest.raises(ValueError, match="have widths 16 -> 16"):
         train_clvqvae(Cache(), 1, 2, CLVQVAEConfig(d_in=16, d_out=8, n_heads=2))
     assert split_sentences(1) == ([0], [])
+
+
+def test_evaluate_model_agrees_with_pipeline_dev_metrics():
+    "One evaluator: the pipeline's dev metrics (`vq_metrics`) are `evaluate_model` on the first sentences."
+    from types import SimpleNamespace
+    from clvq_nb.pipeline import vq_metrics
+    from clvq_nb.trainer import evaluate_model
+    m = model(seed=1).eval()
+    with torch.no_grad(): m.quantizer.init_codebook(m.encoder(torch.cat([DATA[i][0] for i in range(40)])))
+    cache = SimpleNamespace(sentence_pairs=lambda a, b: DATA)
+    # 64 sentences = one batch of vq_metrics: over several batches its FVU centres each batch on its own mean
+    # (1.9252 vs 1.9176 for 100 sentences here); evaluate_model centres on the mean of all tokens
+    theirs = vq_metrics(SimpleNamespace(model=m, n_concepts=m.cfg.codebook_size), cache, 0, 1, max_sentences=64)
+    ours = evaluate_model(m, Subset(DATA, range(64)))
+    assert theirs["active_codes"] == ours["active_codes"] and theirs["dead_fraction"] == pytest.approx(ours["dead_fraction"])
+    assert theirs["fvu"] == pytest.approx(ours["fvu"], rel=1e-5) and theirs["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
