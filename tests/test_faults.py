@@ -25,15 +25,17 @@ def _main(home: Path, model: Path, out: Path, fault: str | None = None, notebook
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model):
-    "An uninterrupted run, and the same command again in a fresh home: identical comparison.csv (determinism)."
-    outs = []
+    """An uninterrupted run, and the same command again in a fresh home (fine-tune, caches and all): identical
+    comparison.csv (determinism). Returns the table and the first home, whose classifier and activation caches the
+    fault tests share (each kills its own run folder)."""
+    outs, homes = [], []
     for i in range(2):
         d = tmp_path_factory.mktemp(f"ref{i}")
         r = _main(d / "home", tiny_model, d / "run")
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        outs.append(d / "run" / "comparison.csv")
+        outs.append(d / "run" / "comparison.csv"); homes.append(d / "home")
     assert filecmp.cmp(*outs, shallow=False), "the same command twice must give an identical comparison.csv"
-    return pd.read_csv(outs[0])
+    return pd.read_csv(outs[0]), homes[0]
 
 
 STAGES = ["data", "classifier", "salient", "fit:agglomerative", "fit:clvqvae", "fit:sae", "evaluate:kmeans",
@@ -42,20 +44,22 @@ STAGES = ["data", "classifier", "salient", "fit:agglomerative", "fit:clvqvae", "
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_at_stage_then_rerun_equals_uninterrupted(tmp_path, tiny_model, reference, stage):
-    killed = _main(tmp_path / "home", tiny_model, tmp_path / "run", fault=stage)
+    table, home = reference
+    killed = _main(home, tiny_model, tmp_path / "run", fault=stage)
     assert killed.returncode == -9 and f"CLVQ_FAULT={stage}" in killed.stdout, killed.stdout[-2000:] + killed.stderr[-2000:]
-    again = _main(tmp_path / "home", tiny_model, tmp_path / "run")
+    again = _main(home, tiny_model, tmp_path / "run")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "comparison.csv"), reference)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "comparison.csv"), table)
 
 
 @pytest.mark.parametrize("stage", ["fit:vqvae", "report"])
 def test_kill_through_the_notebook_then_rerun(tmp_path, tiny_model, reference, stage):
     "The notebook path: the kernel (fit) or the command after it (report) dies; the rerun reuses what finished."
-    killed = _main(tmp_path / "home", tiny_model, tmp_path / "run", fault=stage, notebook=True)
+    table, home = reference
+    killed = _main(home, tiny_model, tmp_path / "run", fault=stage, notebook=True)
     assert killed.returncode != 0
-    again = _main(tmp_path / "home", tiny_model, tmp_path / "run", notebook=True)
+    again = _main(home, tiny_model, tmp_path / "run", notebook=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "done in an earlier call" in again.stdout          # finished methods were not run again
     assert (tmp_path / "run" / "report.html").exists()
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "comparison.csv"), reference)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "comparison.csv"), table)
