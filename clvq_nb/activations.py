@@ -215,7 +215,7 @@ class _ShardWriter:
                                 tokens_sha256=sha256_file(self.out_dir / f"{name}.parquet")))
         self._reset()
 
-# %% ../nbs/03_activations.ipynb #a9012cca
+# %% ../nbs/03_activations.ipynb #dced1183
 def _clear_cache_dir(out_dir: Path):
     "Remove a previous cache's files (manifest first, so an interrupted clean-up is still 'incomplete')."
     if (out_dir / "manifest.json").exists(): (out_dir / "manifest.json").unlink()
@@ -257,7 +257,8 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
             B = len(batch["text"])
             words = [words_of(t) for t in batch["text"]]
             n_words += sum(map(len, words))
-            enc, wid, tag_pos, nd, words = encode_words(tokenizer, words, max_length)
+            enc, wid, tag_pos, nd, words = (model.encode_words(words, max_length) if getattr(model, "is_prompt_classifier", False)
+                                            else encode_words(tokenizer, words, max_length))   # decoders: prompt + text span
             n_dropped += nd
             with torch.no_grad():
                 out = model(**{k: v.to(dev) for k, v in enc.items()}, output_hidden_states=True)
@@ -276,7 +277,7 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
             n_empty += sum(len(w) for w in words) - int((word >= 0).sum())
             logits = getattr(out, "logits", None)
             pred = logits.argmax(-1).cpu().numpy() if logits is not None and logits.dim() == 2 else np.full(B, -1)
-            flat = np.array([w for ws in words for w in ws] + ["[CLS]"], dtype=object)
+            flat = np.array([w for ws in words for w in ws] + [getattr(model, "tag_word", "[CLS]")], dtype=object)
             starts = np.cumsum([0] + [len(w) for w in words])
             widx = np.where(word >= 0, starts[sent] + word, len(flat) - 1)
             if keep_mask is not None:
@@ -306,7 +307,7 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
         dataset=dataset_name, dataset_fingerprint=dataset_fingerprint(dataset), split=split,
         n_sentences=n, n_tokens=sum(s["n_tokens"] for s in writer.shards), n_words=n_words,
         n_words_dropped=n_dropped, n_words_without_subwords=n_empty, has_keep_mask=keep_mask is not None,
-        tag_word="[CLS]", shards=writer.shards, versions=versions(), seconds=round(time.time() - t0, 2))
+        tag_word=getattr(model, "tag_word", "[CLS]"), shards=writer.shards, versions=versions(), seconds=round(time.time() - t0, 2))
     write_json(out_dir / "manifest.json", manifest)
     return ActivationCache(out_dir)
 

@@ -337,7 +337,7 @@ def tiny_llama(hidden: int = 32, layers: int = 4, heads: int = 2, words: Sequenc
         model = LlamaForCausalLM(cfg)
     return model.eval(), tok
 
-# %% ../nbs/02_models.ipynb #e47cbb25
+# %% ../nbs/02_models.ipynb #afc935f0
 DEFAULT_TEMPLATE = "Text: {text}\nQuestion: is this text {labels}?\nAnswer:"
 SENTENCE_VECTORS = ("last", "mean")
 
@@ -345,6 +345,7 @@ class PromptClassifier(torch.nn.Module):
     """A causal LM used as a classifier by prompting. `template` holds `{text}` once (and optionally `{labels}`, the
     label names joined by ' or '); class scores = next-token logits of `verbalisers` after the prompt."""
     is_prompt_classifier = True
+    tag_word = "[SENT]"                                    # the sentence row's word in activation caches
 
     def __init__(self, lm, tokenizer, label_names: Sequence[str], template: str = DEFAULT_TEMPLATE,
                  verbalisers: Sequence[str] | None = None, examples: Sequence[tuple[str, int]] = (),
