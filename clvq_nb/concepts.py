@@ -297,7 +297,7 @@ def _train_planted(steps: int = 80, seed: int = 0):
             opt.zero_grad(); loss.backward(); opt.step()
     return model.eval(), tok
 
-# %% ../nbs/08_concepts.ipynb #ff9d237d
+# %% ../nbs/08_concepts.ipynb #2927faa6
 def salient_tokens_prompt(model, texts: Sequence[str], words_per_text: Sequence[Sequence[str]] | None = None,
                           n_steps: int = 500, batch_size: int = 4, internal_batch_size: int | None = None,
                           max_length: int = 128, method: str = "gausslegendre", absolute: bool = True,
@@ -333,7 +333,7 @@ def salient_tokens_prompt(model, texts: Sequence[str], words_per_text: Sequence[
             with torch.no_grad(): target = fwd(ids, am).argmax(-1)
             attr = lig.attribute(inputs=ids, baselines=torch.where(text, torch.full_like(ids, pad), ids), target=target,
                                  additional_forward_args=(am,), n_steps=n_steps, method=method,
-                                 internal_batch_size=internal_batch_size or min(n_steps, 16) * len(idx))
+                                 internal_batch_size=internal_batch_size or min(n_steps, 16))
             a = (attr.sum(-1) * text).detach().float().cpu().numpy()                   # [B, S]: text tokens only
             for r, i in enumerate(idx):
                 v = a[r] / (np.linalg.norm(a[r]) or 1.0)
@@ -345,3 +345,21 @@ def salient_tokens_prompt(model, texts: Sequence[str], words_per_text: Sequence[
     sc = [np.array([np.nan if x is None else x for x in done[str(i)]["scores"]], dtype=float) for i in range(len(texts))]
     return SalientTokens(index=np.array([done[str(i)]["index"] for i in range(len(texts))], dtype=np.int64), scores=sc,
                          target=np.array([done[str(i)]["target"] for i in range(len(texts))], dtype=np.int64), words=words)
+
+# %% ../nbs/08_concepts.ipynb #893d1fe5
+def _train_planted_prompt(steps: int = 60, seed: int = 0):
+    "A tiny Llama `PromptClassifier` trained on the 2-class `_planted_task` (labels 0/1). For tests."
+    from clvq_nb.models import PromptClassifier, tiny_llama, torch_threads
+    lm, tok = tiny_llama(hidden=16, layers=1, heads=2, seed=seed)
+    pc = PromptClassifier(lm, tok, ["negative", "positive"], template="Review: {text}\nSentiment:")
+    sents, labels = _planted_task(512, seed)
+    sents, labels = [s for s, y in zip(sents, labels) if y < 2], [y for y in labels if y < 2]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(pc.parameters(), lr=1e-2); pc.train()
+    with torch_threads(1):
+        for _ in range(steps):
+            b = torch.randint(0, len(sents), (16,), generator=g).tolist()
+            enc, *_ = pc.encode_words([sents[i] for i in b])
+            loss = torch.nn.functional.cross_entropy(pc(**enc).logits, torch.tensor([labels[i] for i in b]))
+            opt.zero_grad(); loss.backward(); opt.step()
+    return pc.eval()
