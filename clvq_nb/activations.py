@@ -22,7 +22,7 @@ from .models import ClassifierRun, dataset_fingerprint
 # %% auto #0
 __all__ = ['MERGES', 'words_of', 'encode_words', 'merge_subwords', 'write_safetensors', 'read_safetensors_header', 'mmap_tensor',
            'IncompleteCacheError', 'check_layers', 'extract_activations', 'ShardedTensor', 'collate_sentences',
-           'TokenPairs', 'SentencePairs', 'ActivationCache', 'get_activations']
+           'TokenPairs', 'SentencePairs', 'ActivationCache', 'extract_activations_ddp', 'get_activations']
 
 # %% ../nbs/03_activations.ipynb #da40ab6e
 def words_of(text: str) -> list[str]:
@@ -535,7 +535,48 @@ class ActivationCache:
         return (f"ActivationCache({m.get('model')!r}, split={m.get('split')!r}, layers={self.layers}, "
                 f"n_sentences={self.n_sentences}, n_tokens={self.n_tokens}, shards={len(m['shards'])}, path='{self.path}')")
 
-# %% ../nbs/03_activations.ipynb #a7b5197a
+# %% ../nbs/03_activations.ipynb #6a84ae86
+def _dist_world() -> tuple[int, int]:
+    "(rank, world size) under an initialised torch.distributed, else (0, 1)."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def extract_activations_ddp(model, tokenizer, dataset, layers: Sequence[int], out_dir: str | Path,
+                            keep_mask: Sequence[Sequence[bool]] | None = None, **kw) -> "ActivationCache":
+    """`extract_activations` split over the ranks of torch.distributed: rank r writes `out_dir/rank<r>/`, rank 0 the
+    manifest of the whole cache after a barrier. Keyword arguments go to `extract_activations`. One process: the same as it."""
+    import torch.distributed as dist
+    rank, world = _dist_world()
+    if world == 1: return extract_activations(model, tokenizer, dataset, layers, out_dir, keep_mask=keep_mask, **kw)
+    out_dir, n = Path(out_dir), len(dataset)
+    if n < world: raise ValueError(f"{n} sentences for {world} ranks: every rank needs at least one sentence")
+    if keep_mask is not None and len(keep_mask) != n:
+        raise ValueError(f"keep_mask has {len(keep_mask)} sentences but the dataset has {n}; build it from the same split")
+    fp = dataset_fingerprint(dataset)
+    if "sid" not in dataset.column_names: dataset = dataset.add_column("sid", list(range(n)))   # global ids, not per-block
+    bounds = np.linspace(0, n, world + 1).round().astype(int)
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True); _clear_cache_dir(out_dir)   # the old manifest goes first
+    dist.barrier()
+    part = extract_activations(model, tokenizer, dataset.select(range(lo, hi)), layers, out_dir / f"rank{rank:03d}",
+                               keep_mask=None if keep_mask is None else keep_mask[lo:hi], **kw)
+    dist.barrier()
+    if rank == 0:
+        ms = [read_json(out_dir / f"rank{r:03d}" / "manifest.json") for r in range(world)]
+        m = dict(ms[0])
+        m["shards"] = [dict(s, file=f"rank{r:03d}/{s['file']}", tokens_file=f"rank{r:03d}/{s['tokens_file']}")
+                       for r, mr in enumerate(ms) for s in mr["shards"]]
+        for k in ("n_sentences", "n_tokens", "n_words", "n_words_dropped", "n_words_without_subwords"):
+            m[k] = sum(int(mr[k]) for mr in ms)
+        m.update(dataset_fingerprint=fp, world_size=world,
+                 seconds=max(mr["seconds"] for mr in ms))
+        write_json(out_dir / "manifest.json", m)
+    dist.barrier()
+    return ActivationCache(out_dir)
+
+# %% ../nbs/03_activations.ipynb #03dcfec8
 def get_activations(run: ClassifierRun, dsd, layers: Sequence[int], split: str = "train", merge: str = "mean",
                     batch_size: int = 32, max_length: int = 128, dtype: str = "float32", freq_filter: bool | None = None,
                     min_count: int = 5, max_per_type: int | None = 20, shard_tokens: int | None = None,
@@ -563,9 +604,9 @@ def get_activations(run: ClassifierRun, dsd, layers: Sequence[int], split: str =
     if freq_filter:
         from clvq_nb.data import frequency_filter
         keep = frequency_filter([words_of(t) for t in ds["text"]], min_count=min_count, max_per_type=max_per_type)
-    cache = extract_activations(run.model, run.tokenizer, ds, layers, path, merge=merge, batch_size=batch_size,
+    cache = extract_activations_ddp(run.model, run.tokenizer, ds, layers, path, merge=merge, batch_size=batch_size,
                                 max_length=max_length, shard_tokens=shard_tokens, keep_mask=keep, progress=progress,
                                 dtype=dtype, dataset_name=dataset_name, split=split,
                                 model_name=run.metrics.get("model") or str(run.model.config._name_or_path))
-    write_json(path / "key.json", key)
+    if _dist_world()[0] == 0: write_json(path / "key.json", key)
     return cache
