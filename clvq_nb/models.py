@@ -455,7 +455,7 @@ def predict_proba(self: PromptClassifier, texts: Sequence[str], batch_size: int 
         out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
     return out
 
-# %% ../nbs/02_models.ipynb #735a1ce8
+# %% ../nbs/02_models.ipynb #a54a510c
 def _balanced_shots(train, n: int, seed: int) -> list[tuple[str, int]]:
     "`n` (text, label) training examples cycling over the classes, seeded."
     rng = np.random.default_rng(seed)
@@ -498,8 +498,10 @@ def get_prompt_classifier(dataset, model: str = "gemma3-270m", template: str = D
         y = np.asarray(dsd["dev"]["label"])
         acc = float((probs.argmax(-1) == y).mean()) if len(y) else float("nan")
         chance = float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
+        # near chance: within `near_chance_margin` of the majority rate, or within two binomial standard errors of it
+        bar = chance + max(near_chance_margin, 2 * math.sqrt(chance * (1 - chance) / max(len(y), 1)))
         metrics = dict(model=str(model), dataset=ds_name, kind="prompt", dev_accuracy=acc, chance_accuracy=chance,
-                       near_chance=bool(acc < chance + near_chance_margin), n_dev=len(y), n_shots=len(examples),
+                       near_chance=bool(acc < bar), near_chance_below=round(bar, 4), n_dev=len(y), n_shots=len(examples),
                        pred_share=np.bincount(probs.argmax(-1), minlength=len(label_names)).tolist(),
                        template=template, verbalisers=clf.verbalisers, sentence_vector=sentence_vector,
                        n_layers=int(clf.config.num_hidden_layers), dev_seconds=round(t_dev, 2), load_seconds=round(load_s, 2),
