@@ -535,7 +535,7 @@ class ActivationCache:
         return (f"ActivationCache({m.get('model')!r}, split={m.get('split')!r}, layers={self.layers}, "
                 f"n_sentences={self.n_sentences}, n_tokens={self.n_tokens}, shards={len(m['shards'])}, path='{self.path}')")
 
-# %% ../nbs/03_activations.ipynb #6a84ae86
+# %% ../nbs/03_activations.ipynb #0f97a928
 def _dist_world() -> tuple[int, int]:
     "(rank, world size) under an initialised torch.distributed, else (0, 1)."
     import torch.distributed as dist
@@ -547,6 +547,8 @@ def extract_activations_ddp(model, tokenizer, dataset, layers: Sequence[int], ou
     """`extract_activations` split over the ranks of torch.distributed: rank r writes `out_dir/rank<r>/`, rank 0 the
     manifest of the whole cache after a barrier. Keyword arguments go to `extract_activations`. One process: the same as it."""
     import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")   # under torchrun, as the Trainer does
     rank, world = _dist_world()
     if world == 1: return extract_activations(model, tokenizer, dataset, layers, out_dir, keep_mask=keep_mask, **kw)
     out_dir, n = Path(out_dir), len(dataset)

@@ -5,7 +5,7 @@
 
 KIND is 'encoder' (a tiny BERT) or 'decoder' (a tiny Llama prompted for the label). The cache goes to OUT_DIR.
 """
-import os, sys
+import sys
 
 import datasets
 import torch
@@ -40,9 +40,6 @@ def run(out_dir: str, kind: str):
 
 if __name__ == "__main__":
     out, kind = sys.argv[1], sys.argv[2]
-    if "WORLD_SIZE" in os.environ:
-        import torch.distributed as dist
-        dist.init_process_group("gloo")
-        try: run(out, kind)
-        finally: dist.destroy_process_group()
-    else: run(out, kind)
+    run(out, kind)             # under torchrun, extract_activations_ddp initialises the process group itself
+    import torch.distributed as dist
+    if dist.is_initialized(): dist.destroy_process_group()
