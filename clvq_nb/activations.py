@@ -23,7 +23,7 @@ from .models import ClassifierRun
 # %% auto #0
 __all__ = ['MERGES', 'words_of', 'encode_words', 'merge_subwords', 'write_safetensors', 'read_safetensors_header', 'mmap_tensor',
            'IncompleteCacheError', 'check_layers', 'extract_activations', 'ShardedTensor', 'collate_sentences',
-           'TokenPairs', 'SentencePairs', 'ActivationCache', 'get_activations']
+           'TokenPairs', 'SentencePairs', 'ActivationCache', 'extract_activations_ddp', 'get_activations']
 
 # %% ../nbs/03_activations.ipynb #da40ab6e
 def words_of(text: str) -> list[str]:
@@ -216,7 +216,7 @@ class _ShardWriter:
                                 tokens_sha256=sha256_file(self.out_dir / f"{name}.parquet")))
         self._reset()
 
-# %% ../nbs/03_activations.ipynb #6dc98908
+# %% ../nbs/03_activations.ipynb #dced1183
 def _clear_cache_dir(out_dir: Path):
     "Remove a previous cache's files (manifest first, so an interrupted clean-up is still 'incomplete')."
     if (out_dir / "manifest.json").exists(): (out_dir / "manifest.json").unlink()
@@ -258,7 +258,8 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
             B = len(batch["text"])
             words = [words_of(t) for t in batch["text"]]
             n_words += sum(map(len, words))
-            enc, wid, tag_pos, nd, words = encode_words(tokenizer, words, max_length)
+            enc, wid, tag_pos, nd, words = (model.encode_words(words, max_length) if getattr(model, "is_prompt_classifier", False)
+                                            else encode_words(tokenizer, words, max_length))   # decoders: prompt + text span
             n_dropped += nd
             with torch.no_grad():
                 out = model(**{k: v.to(dev) for k, v in enc.items()}, output_hidden_states=True)
@@ -277,7 +278,7 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
             n_empty += sum(len(w) for w in words) - int((word >= 0).sum())
             logits = getattr(out, "logits", None)
             pred = logits.argmax(-1).cpu().numpy() if logits is not None and logits.dim() == 2 else np.full(B, -1)
-            flat = np.array([w for ws in words for w in ws] + ["[CLS]"], dtype=object)
+            flat = np.array([w for ws in words for w in ws] + [getattr(model, "tag_word", "[CLS]")], dtype=object)
             starts = np.cumsum([0] + [len(w) for w in words])
             widx = np.where(word >= 0, starts[sent] + word, len(flat) - 1)
             if keep_mask is not None:
@@ -307,7 +308,7 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
         dataset=dataset_name, dataset_fingerprint=data_fingerprint(dataset), split=split,
         n_sentences=n, n_tokens=sum(s["n_tokens"] for s in writer.shards), n_words=n_words,
         n_words_dropped=n_dropped, n_words_without_subwords=n_empty, has_keep_mask=keep_mask is not None,
-        tag_word="[CLS]", shards=writer.shards, versions=versions(), seconds=round(time.time() - t0, 2))
+        tag_word=getattr(model, "tag_word", "[CLS]"), shards=writer.shards, versions=versions(), seconds=round(time.time() - t0, 2))
     write_json(out_dir / "manifest.json", manifest)
     return ActivationCache(out_dir)
 
@@ -546,7 +547,50 @@ class ActivationCache:
         return (f"ActivationCache({m.get('model')!r}, split={m.get('split')!r}, layers={self.layers}, "
                 f"n_sentences={self.n_sentences}, n_tokens={self.n_tokens}, shards={len(m['shards'])}, path='{self.path}')")
 
-# %% ../nbs/03_activations.ipynb #7bfcc2d8
+# %% ../nbs/03_activations.ipynb #0f97a928
+def _dist_world() -> tuple[int, int]:
+    "(rank, world size) under an initialised torch.distributed, else (0, 1)."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def extract_activations_ddp(model, tokenizer, dataset, layers: Sequence[int], out_dir: str | Path,
+                            keep_mask: Sequence[Sequence[bool]] | None = None, **kw) -> "ActivationCache":
+    """`extract_activations` split over the ranks of torch.distributed: rank r writes `out_dir/rank<r>/`, rank 0 the
+    manifest of the whole cache after a barrier. Keyword arguments go to `extract_activations`. One process: the same as it."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")   # under torchrun, as the Trainer does
+    rank, world = _dist_world()
+    if world == 1: return extract_activations(model, tokenizer, dataset, layers, out_dir, keep_mask=keep_mask, **kw)
+    out_dir, n = Path(out_dir), len(dataset)
+    if n < world: raise ValueError(f"{n} sentences for {world} ranks: every rank needs at least one sentence")
+    if keep_mask is not None and len(keep_mask) != n:
+        raise ValueError(f"keep_mask has {len(keep_mask)} sentences but the dataset has {n}; build it from the same split")
+    fp = data_fingerprint(dataset)
+    if "sid" not in dataset.column_names: dataset = dataset.add_column("sid", list(range(n)))   # global ids, not per-block
+    bounds = np.linspace(0, n, world + 1).round().astype(int)
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True); _clear_cache_dir(out_dir)   # the old manifest goes first
+    dist.barrier()
+    part = extract_activations(model, tokenizer, dataset.select(range(lo, hi)), layers, out_dir / f"rank{rank:03d}",
+                               keep_mask=None if keep_mask is None else keep_mask[lo:hi], **kw)
+    dist.barrier()
+    if rank == 0:
+        ms = [read_json(out_dir / f"rank{r:03d}" / "manifest.json") for r in range(world)]
+        m = dict(ms[0])
+        m["shards"] = [dict(s, file=f"rank{r:03d}/{s['file']}", tokens_file=f"rank{r:03d}/{s['tokens_file']}")
+                       for r, mr in enumerate(ms) for s in mr["shards"]]
+        for k in ("n_sentences", "n_tokens", "n_words", "n_words_dropped", "n_words_without_subwords"):
+            m[k] = sum(int(mr[k]) for mr in ms)
+        m.update(dataset_fingerprint=fp, world_size=world,
+                 seconds=max(mr["seconds"] for mr in ms))
+        write_json(out_dir / "manifest.json", m)
+    dist.barrier()
+    return ActivationCache(out_dir)
+
+# %% ../nbs/03_activations.ipynb #03dcfec8
 def get_activations(run: ClassifierRun, dsd, layers: Sequence[int], split: str = "train", merge: str = "mean",
                     batch_size: int = 32, max_length: int = 128, dtype: str = "float32", freq_filter: bool | None = None,
                     min_count: int = 5, max_per_type: int | None = 20, shard_tokens: int | None = None,
@@ -574,9 +618,9 @@ def get_activations(run: ClassifierRun, dsd, layers: Sequence[int], split: str =
     if freq_filter:
         from clvq_nb.data import frequency_filter
         keep = frequency_filter([words_of(t) for t in ds["text"]], min_count=min_count, max_per_type=max_per_type)
-    cache = extract_activations(run.model, run.tokenizer, ds, layers, path, merge=merge, batch_size=batch_size,
+    cache = extract_activations_ddp(run.model, run.tokenizer, ds, layers, path, merge=merge, batch_size=batch_size,
                                 max_length=max_length, shard_tokens=shard_tokens, keep_mask=keep, progress=progress,
                                 dtype=dtype, dataset_name=dataset_name, split=split,
                                 model_name=run.metrics.get("model") or str(run.model.config._name_or_path))
-    write_json(path / "key.json", key)
+    if _dist_world()[0] == 0: write_json(path / "key.json", key)
     return cache

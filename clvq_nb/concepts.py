@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from .config import atomic_path, read_json, stable_hash, write_json
 
 # %% auto #0
-__all__ = ['assign_tokens', 'Concepts', 'summarise_concepts', 'extract_concepts', 'SalientTokens', 'salient_tokens']
+__all__ = ['assign_tokens', 'Concepts', 'summarise_concepts', 'extract_concepts', 'SalientTokens', 'salient_tokens',
+           'salient_tokens_prompt']
 
 # %% ../nbs/08_concepts.ipynb #44e70dc9
 def _token_frame(cache) -> pd.DataFrame:
@@ -170,7 +171,7 @@ def extract_concepts(method, cache, l_in: int, top_n: int = 20, n_examples: int 
     if out_dir is not None: c.save(out_dir)
     return c
 
-# %% ../nbs/08_concepts.ipynb #71c4ca6f
+# %% ../nbs/08_concepts.ipynb #9f5a9cce
 @dataclass
 class SalientTokens:
     "Salient word per sentence: `index [S]` (-1 when no word survived truncation), per-word `scores`, `target [S]`."
@@ -213,6 +214,9 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     `absolute=False` by the signed score (words that support the predicted class)."""
     from captum.attr import LayerIntegratedGradients
     if isinstance(texts, str): raise TypeError("texts must be a list of strings, not one string; wrap it: [text]")
+    if getattr(model, "is_prompt_classifier", False):   # a decoder LM prompted for the label
+        return salient_tokens_prompt(model, texts, words_per_text, n_steps, batch_size, internal_batch_size, max_length,
+                                     method, absolute, cache_path, progress)
     texts = list(texts)
     if words_per_text is None:
         from clvq_nb.data import word_tokenize
@@ -292,3 +296,70 @@ def _train_planted(steps: int = 80, seed: int = 0):
             loss = model(**enc, labels=torch.tensor([labels[i] for i in b])).loss
             opt.zero_grad(); loss.backward(); opt.step()
     return model.eval(), tok
+
+# %% ../nbs/08_concepts.ipynb #2927faa6
+def salient_tokens_prompt(model, texts: Sequence[str], words_per_text: Sequence[Sequence[str]] | None = None,
+                          n_steps: int = 500, batch_size: int = 4, internal_batch_size: int | None = None,
+                          max_length: int = 128, method: str = "gausslegendre", absolute: bool = True,
+                          cache_path: str | Path | None = None, progress: bool = True) -> SalientTokens:
+    """Top-1 word per text of a `PromptClassifier` by Integrated Gradients at the embedding layer on the predicted
+    verbaliser's logit; baseline = the prompt with the text's tokens padded out. Same result type and cache as `salient_tokens`."""
+    from captum.attr import LayerIntegratedGradients
+    if not getattr(model, "is_prompt_classifier", False):
+        raise TypeError(f"{type(model).__name__} is not a PromptClassifier; use salient_tokens for sequence classifiers")
+    if n_steps < 2: raise ValueError(f"n_steps={n_steps}: Integrated Gradients needs at least 2 steps")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if words_per_text is None:
+        from clvq_nb.data import word_tokenize
+        words_per_text = [word_tokenize(t) for t in texts]
+    words = [list(map(str, w)) for w in words_per_text]
+    if len(words) != len(texts): raise ValueError(f"{len(words)} word lists for {len(texts)} texts: give one per text")
+    key = {"model": _model_fingerprint(model), "prompt": [model.prefix_ids, model.suffix_ids, model.verbaliser_ids],
+           "words": stable_hash(words, 16), "n_steps": n_steps, "max_length": max_length, "method": method, "absolute": absolute}
+    cache_path = Path(cache_path) if cache_path else None
+    try: done = read_json(cache_path)["done"] if cache_path and read_json(cache_path).get("key") == key else {}
+    except (FileNotFoundError, json.JSONDecodeError, KeyError): done = {}
+    fwd = lambda ids, am: model(input_ids=ids, attention_mask=am).logits
+    lig = LayerIntegratedGradients(fwd, model.lm.get_input_embeddings())
+    dev = next(model.parameters()).device
+    pad = next(p for p in (model.tokenizer.pad_token_id, model.tokenizer.eos_token_id, 0) if p is not None)
+    todo = [int(i) for i in np.argsort([len(w) for w in words], kind="stable") if str(i) not in done]
+    was = model.training; model.eval()
+    try:
+        for b0 in tqdm(range(0, len(todo), batch_size), desc="integrated gradients (prompt)", disable=not progress):
+            idx = todo[b0:b0 + batch_size]
+            enc, wid, _, _, _ = model.encode_words([words[i] for i in idx], max_length)
+            ids, am, text = enc["input_ids"].to(dev), enc["attention_mask"].to(dev), enc["text_mask"].to(dev)
+            with torch.no_grad(): target = fwd(ids, am).argmax(-1)
+            attr = lig.attribute(inputs=ids, baselines=torch.where(text, torch.full_like(ids, pad), ids), target=target,
+                                 additional_forward_args=(am,), n_steps=n_steps, method=method,
+                                 internal_batch_size=internal_batch_size or min(n_steps, 16))
+            a = (attr.sum(-1) * text).detach().float().cpu().numpy()                   # [B, S]: text tokens only
+            for r, i in enumerate(idx):
+                v = a[r] / (np.linalg.norm(a[r]) or 1.0)
+                sc = _merge_to_words(v, [w if w >= 0 else None for w in wid[r, :-1].tolist()], len(words[i]))
+                j = int(np.nanargmax(np.abs(sc) if absolute else sc)) if np.isfinite(sc).any() else -1
+                done[str(i)] = {"index": j, "target": int(target[r]), "scores": [None if np.isnan(x) else float(x) for x in sc]}
+            if cache_path: write_json(cache_path, {"key": key, "done": done})
+    finally: model.train(was)
+    sc = [np.array([np.nan if x is None else x for x in done[str(i)]["scores"]], dtype=float) for i in range(len(texts))]
+    return SalientTokens(index=np.array([done[str(i)]["index"] for i in range(len(texts))], dtype=np.int64), scores=sc,
+                         target=np.array([done[str(i)]["target"] for i in range(len(texts))], dtype=np.int64), words=words)
+
+# %% ../nbs/08_concepts.ipynb #893d1fe5
+def _train_planted_prompt(steps: int = 60, seed: int = 0):
+    "A tiny Llama `PromptClassifier` trained on the 2-class `_planted_task` (labels 0/1). For tests."
+    from clvq_nb.models import PromptClassifier, tiny_llama, torch_threads
+    lm, tok = tiny_llama(hidden=16, layers=1, heads=2, seed=seed)
+    pc = PromptClassifier(lm, tok, ["negative", "positive"], template="Review: {text}\nSentiment:")
+    sents, labels = _planted_task(512, seed)
+    sents, labels = [s for s, y in zip(sents, labels) if y < 2], [y for y in labels if y < 2]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(pc.parameters(), lr=1e-2); pc.train()
+    with torch_threads(1):
+        for _ in range(steps):
+            b = torch.randint(0, len(sents), (16,), generator=g).tolist()
+            enc, *_ = pc.encode_words([sents[i] for i in b])
+            loss = torch.nn.functional.cross_entropy(pc(**enc).logits, torch.tensor([labels[i] for i in b]))
+            opt.zero_grad(); loss.backward(); opt.step()
+    return pc.eval()

