@@ -71,22 +71,38 @@ EXPECTED_STAGES = ["data", "classifier", "activations", "salient", "fit:kmeans",
                    "fit:clvqvae", "evaluate:clvqvae", "clvqvae", "report"]
 
 
-def test_clvq_main_streams_stages_and_every_option_reaches_the_notebook(tmp_path, tiny_model):
-    "Every config field set to a non-default value on the command line is the executed notebook's config; stage lines stream in order."
-    run_dir = tmp_path / "run"
-    values = dict(dataset=str(_csv(tmp_path / "reviews.csv")), max_sentences=200, text_col="review", label_col="sentiment",
-                  encoding="latin-1", model=str(tiny_model), finetune_epochs=2, max_train=100, layer_in=2, layer_out=4,
-                  merge="first", methods="kmeans,clvqvae", codebook_size=8, agglo_max_tokens=500, sae_epochs=2, profile="cpu",
-                  top_k=2, temperature=0.5, memory="continuous", amp="off", epochs=2, train_steps=6, train_minutes=30.0,
-                  ig_steps=4, folds=3, probe_labels="pred", seed=1, output_dir=str(run_dir), overwrite=True)
-    defaults = config_fields()
-    assert set(values) == set(defaults) and all(values[k] != defaults[k] for k in values), "set every field to a non-default"
+def _clvq_main(values: dict, home: Path):
     argv = [sys.executable, "-m", "clvq_nb.cli", "main"]
     for k, v in values.items():
         opt = "--" + k.replace("_", "-")
         argv += [opt] if v is True else [opt, str(v)]
-    env = {**os.environ, "CLVQ_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    env = {**os.environ, "CLVQ_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+
+
+def test_every_option_reaches_the_notebook(tmp_path, tiny_model):
+    "Every config field set to a non-default value on the command line is the executed notebook's config (run.json)."
+    run_dir = tmp_path / "run"
+    values = dict(dataset=str(_csv(tmp_path / "reviews.csv")), max_sentences=200, text_col="review", label_col="sentiment",
+                  encoding="latin-1", model=str(tiny_model), finetune_epochs=2, max_train=100, layer_in=2, layer_out=4,
+                  merge="first", methods="kmeans", codebook_size=8, agglo_max_tokens=500, sae_epochs=2, profile="cpu",
+                  top_k=2, temperature=0.5, memory="continuous", amp="off", epochs=2, train_steps=6, train_minutes=30.0,
+                  ig_steps=4, folds=3, probe_labels="pred", seed=1, output_dir=str(run_dir), overwrite=True)
+    defaults = config_fields()
+    assert set(values) == set(defaults) and all(values[k] != defaults[k] for k in values), "set every field to a non-default"
+    proc = _clvq_main(values, tmp_path / "home")
+    out = proc.communicate()[0]
+    # (the run itself may stop later: a random tiny model can predict one class, which the 'pred' probe refuses)
+    got = Run(run_dir).info()["config"]
+    assert ExperimentConfig.from_dict(got).flat() == {**values, "output_dir": str(run_dir.resolve())}, out[-2000:]
+
+
+def test_clvq_main_streams_stage_lines_and_writes_the_report(tmp_path, tiny_model):
+    "Stage lines arrive while the job runs, in order; the report opens with the headline and shows no code."
+    run_dir = tmp_path / "run"
+    values = dict(model=str(tiny_model), layer_in=2, layer_out=4, max_sentences=200, max_train=100, methods="kmeans,clvqvae",
+                  codebook_size=8, train_steps=6, train_minutes="None", ig_steps=4, folds=2, output_dir=str(run_dir))
+    proc = _clvq_main(values, tmp_path / "home")
     seen, table_existed_at_first_line, out = [], None, []
     for line in proc.stdout:
         out.append(line)
@@ -97,8 +113,6 @@ def test_clvq_main_streams_stages_and_every_option_reaches_the_notebook(tmp_path
     assert proc.wait() == 0, "".join(out)[-3000:]
     assert table_existed_at_first_line is False, "stage lines must arrive while the job runs, not after it"
     assert [s for s in seen if s in EXPECTED_STAGES] == EXPECTED_STAGES, seen
-    got = Run(run_dir).info()["config"]
-    assert ExperimentConfig.from_dict(got).flat() == {**values, "output_dir": str(run_dir.resolve())}
     html = Run(run_dir).report.read_text()
     assert "Concept removal:" in html and "dropped rows" in html and "check_parameters" not in html  # headline, no code
     assert html.index("Concept removal:") < html.index("Codebook of the CLVQ-VAE")
