@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import ConfigMixin, atomic_dir, get_device, read_json, seed_everything, write_json
+from .metrics import dead_fraction, fvu_from_sums, fvu_sums
 
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'nearest_live', 'keep_mask', 'fit_rows', 'gather_rows', 'iter_row_chunks', 'nearest_centroid',
@@ -437,7 +438,7 @@ class CrossLayerSAE(ConceptMethod):
         history, steps = [], math.ceil(len(rows) / c.batch_size) * c.epochs
         bar = tqdm(total=steps, desc="sae", disable=not progress)
         for ep in range(c.epochs):
-            tot = dict(mse=0.0, l1=0.0, l0=0.0, var=0.0, n=0)
+            tot = dict(mse=0.0, l1=0.0, l0=0.0, n=0); fsums = 0
             fired = torch.zeros(c.n_latents, dtype=torch.bool, device=dev)
             for ci in torch.randperm(len(chunks), generator=g).tolist():
                 r = chunks[ci]
@@ -457,11 +458,11 @@ class CrossLayerSAE(ConceptMethod):
                         fired |= (f > 0).any(0)
                         nb = len(b)
                         tot["mse"] += mse.item() * nb; tot["l1"] += sp.item() * nb; tot["l0"] += (f > 0).sum().item()
-                        tot["var"] += (yb - yb.mean(0)).pow(2).mean().item() * nb; tot["n"] += nb
+                        fsums = fsums + fvu_sums(rec, yb); tot["n"] += nb
                     bar.update(1)
             n = tot["n"]
             history.append(dict(epoch=ep, mse=tot["mse"] / n, l1=tot["l1"] / n, l0=tot["l0"] / n,
-                                fvu=tot["mse"] / max(tot["var"], 1e-12), dead_fraction=1 - fired.float().mean().item()))
+                                fvu=fvu_from_sums(fsums), dead_fraction=dead_fraction(fired.double())))
             bar.set_postfix(mse=f"{history[-1]['mse']:.3f}", l0=f"{history[-1]['l0']:.1f}")
         bar.close()
         self.params = {k: v.detach().cpu() for k, v in P.items()}

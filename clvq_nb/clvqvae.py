@@ -13,10 +13,11 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigMixin, atomic_path, read_json, versions, write_json
+from .metrics import fvu  # the one FVU; re-exported here for `from clvq_nb.clvqvae import fvu`
 from .quantizer import VectorQuantizer
 
 # %% auto #0
-__all__ = ['CLVQVAEConfig', 'AdaptiveResidualEncoder', 'CLVQOutput', 'masked_mse', 'fvu', 'CLVQVAE', 'single_layer_vqvae']
+__all__ = ['CLVQVAEConfig', 'AdaptiveResidualEncoder', 'CLVQOutput', 'masked_mse', 'CLVQVAE', 'single_layer_vqvae']
 
 # %% ../nbs/05_clvqvae.ipynb #4c3ebe7b
 _MEMORY = ("quantized", "continuous")
@@ -110,12 +111,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     n = mask.sum().clamp(min=1) * pred.shape[-1]
     return ((pred.float() - target.float()).pow(2) * m).sum() / n
 
-def fvu(recon: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    "Fraction of variance unexplained `Σ||y-ŷ||² / Σ||y-ȳ||²` over real tokens. recon, y: [B, T, d] or [N, d]; mask: [B, T]."
-    if mask is not None: recon, y = recon[mask], y[mask]
-    r, t = recon.reshape(-1, recon.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
-    sst = (t - t.mean(0)).pow(2).sum()
-    return float((t - r).pow(2).sum() / sst) if sst > 0 else float("nan")
+
 
 # %% ../nbs/05_clvqvae.ipynb #4f244259
 class CLVQVAE(nn.Module):

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['sentence_vectors', 'orthonormal_basis', 'project_out', 'random_directions', 'stratified_folds', 'FoldProbes',
            'train_fold_probes', 'project_out_each', 't_interval', 'concept_removal', 'code_counts', 'perplexity',
-           'dead_fraction', 'fvu', 'codebook_metrics', 'salient_rows', 'sentence_labels', 'evaluate_removal']
+           'dead_fraction', 'usage_stats', 'codebook_metrics', 'fvu_sums', 'fvu_from_sums', 'fvu', 'salient_rows',
+           'sentence_labels', 'evaluate_removal']
 
 # %% ../nbs/09_metrics.ipynb #1c6d9a06
 def _rows_of(offsets: np.ndarray, kind: str, has_tag: np.ndarray) -> list[np.ndarray] | np.ndarray:
@@ -118,7 +119,7 @@ def _early_stop_split(train_idx: np.ndarray, y: np.ndarray, frac: float, rng: np
         val.append(m[:k]); fit.append(m[k:])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
-# %% ../nbs/09_metrics.ipynb #71e50bf0
+# %% ../nbs/09_metrics.ipynb #9f01c775
 from .models import torch_threads  # temporary torch thread count for probe training
 
 class FoldProbes(torch.nn.Module):
@@ -291,50 +292,75 @@ def concept_removal(sent_vecs: torch.Tensor, labels: Sequence[int], concept_dirs
     out["probe"] = {"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"]}
     return out
 
-# %% ../nbs/09_metrics.ipynb #7e784bfb
-def code_counts(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
-    "Usage count per code: `indices: [...]` long in [0, n_codes) -> `[n_codes]` float."
-    idx = torch.as_tensor(indices).long().reshape(-1)
+# %% ../nbs/09_metrics.ipynb #5cd885db
+def _counts_1d(counts) -> torch.Tensor:
+    c = torch.as_tensor(counts).detach().double()
+    if c.ndim != 1 or len(c) == 0: raise ValueError(f"counts must be a non-empty 1-d tensor [K], got shape {tuple(c.shape)}")
+    if (c < 0).any(): raise ValueError("counts has negative entries: pass code usage counts (>= 0)")
+    return c
+
+def code_counts(indices: torch.Tensor, n_codes: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    "Usage count per code: `indices: [...]` long in [0, n_codes), optional `mask: [...]` bool -> `[n_codes]` float64."
+    idx = torch.as_tensor(indices).long()
+    if mask is not None: idx = idx[torch.as_tensor(mask, device=idx.device).bool()]
+    idx = idx.reshape(-1)
     if len(idx) and (idx.min() < 0 or idx.max() >= n_codes):
         raise ValueError(f"indices must lie in [0, {n_codes}); got range [{int(idx.min())}, {int(idx.max())}]")
     return torch.bincount(idx, minlength=n_codes).double()
 
 def perplexity(counts: torch.Tensor) -> float:
-    "exp(entropy) of the usage distribution `counts: [K]` (1 = one code used, K = uniform)."
-    c = torch.as_tensor(counts).double()
-    if c.ndim != 1 or c.sum() <= 0: raise ValueError("counts must be a 1-d tensor with a positive total")
-    p = c / c.sum(); p = p[p > 0]
+    "exp(entropy) of the usage distribution `counts: [K]` (1 = one code used, K = uniform; NaN when the total is 0)."
+    c = _counts_1d(counts)
+    tot = c.sum()
+    if tot <= 0: return math.nan
+    p = c[c > 0] / tot
     return float(torch.exp(-(p * p.log()).sum()))
 
 def dead_fraction(counts: torch.Tensor, threshold: float = 0) -> float:
-    "Share of codes used at most `threshold` times; `counts: [K]`."
-    c = torch.as_tensor(counts).double()
-    if c.ndim != 1 or len(c) == 0: raise ValueError("counts must be a non-empty 1-d tensor")
-    return float((c <= threshold).double().mean())
+    "Share of codes used at most `threshold` times; `counts: [K]` (1.0 when nothing was assigned)."
+    return float((_counts_1d(counts) <= threshold).double().mean())
+
+def usage_stats(counts: torch.Tensor, threshold: float = 0) -> dict:
+    "Code usage of `counts: [K]`: perplexity, active codes (count > threshold), dead fraction, n_codes."
+    c = _counts_1d(counts)
+    return {"perplexity": perplexity(c), "active_codes": int((c > threshold).sum()),
+            "dead_fraction": dead_fraction(c, threshold), "n_codes": int(len(c))}
+
+def codebook_metrics(indices: torch.Tensor, n_codes: int, threshold: float = 0) -> dict:
+    "Usage summary of `indices: [...]` over `n_codes` codes (see `usage_stats`)."
+    return usage_stats(code_counts(indices, n_codes), threshold)
+
+# %% ../nbs/09_metrics.ipynb #20083f66
+def fvu_sums(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive FVU statistics of `recon, target: [..., d]` (optional `mask: [...]` bool, True = real token) ->
+    float64 `[3 + d]`: (Σ‖target - recon‖², n rows, Σ‖target‖², Σ target [d]). Add them over batches or ranks."""
+    r, t = torch.as_tensor(recon), torch.as_tensor(target)
+    if r.shape != t.shape: raise ValueError(f"recon {tuple(r.shape)} and target {tuple(t.shape)} must have the same shape")
+    r, t = r.detach().reshape(-1, r.shape[-1]).double(), t.detach().reshape(-1, t.shape[-1]).double()
+    if mask is not None:
+        m = torch.as_tensor(mask, device=t.device).bool().reshape(-1)
+        if len(m) != len(t): raise ValueError(f"mask has {len(m)} entries for {len(t)} rows")
+        r, t = r[m], t[m]
+    head = torch.stack([(t - r).pow(2).sum(), torch.tensor(float(len(t)), dtype=t.dtype, device=t.device), t.pow(2).sum()])
+    return torch.cat([head, t.sum(0)])
+
+def fvu_from_sums(sums: torch.Tensor) -> float:
+    "FVU from (summed) `fvu_sums` output `[3 + d]`; NaN when fewer than 2 rows or the target has zero variance."
+    s = torch.as_tensor(sums).double()
+    sse, n, ssq, tsum = s[0], s[1], s[2], s[3:]
+    if n < 2: return math.nan
+    sst = ssq - tsum.pow(2).sum() / n                          # Σ‖t - t̄‖²
+    if sst <= 1e-12 * ssq.clamp(min=1e-300): return math.nan   # zero variance (up to rounding): undefined
+    return float(sse / sst)
 
 def fvu(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """Fraction of variance unexplained: `recon, target: [..., d]`, optional `mask: [...]` bool (True = real token).
 
-    `Σ‖target - recon‖² / Σ‖target - mean(target)‖²` over the selected rows (0 = perfect, 1 = predicting the mean)."""
-    r, t = torch.as_tensor(recon).double(), torch.as_tensor(target).double()
-    if r.shape != t.shape: raise ValueError(f"recon {tuple(r.shape)} and target {tuple(t.shape)} must have the same shape")
-    r, t = r.reshape(-1, r.shape[-1]), t.reshape(-1, t.shape[-1])
-    if mask is not None:
-        m = torch.as_tensor(mask).bool().reshape(-1)
-        if len(m) != len(t): raise ValueError(f"mask has {len(m)} entries for {len(t)} rows")
-        r, t = r[m], t[m]
-    if len(t) < 2: raise ValueError("FVU needs at least 2 rows")
-    den = ((t - t.mean(0)) ** 2).sum()
-    if den <= 0: raise ValueError("target has zero variance: FVU is undefined")
-    return float(((t - r) ** 2).sum() / den)
+    `Σ‖target - recon‖² / Σ‖target - mean(target)‖²` over the selected rows (0 = perfect, 1 = predicting the
+    mean); NaN when fewer than 2 rows are selected or the target has zero variance."""
+    return fvu_from_sums(fvu_sums(recon, target, mask))
 
-def codebook_metrics(indices: torch.Tensor, n_codes: int, threshold: float = 0) -> dict:
-    "Usage summary of `indices: [...]` over `n_codes` codes: perplexity, active codes, dead fraction."
-    c = code_counts(indices, n_codes)
-    return {"perplexity": perplexity(c), "active_codes": int((c > threshold).sum()),
-            "dead_fraction": dead_fraction(c, threshold), "n_codes": n_codes}
-
-# %% ../nbs/09_metrics.ipynb #93253d78
+# %% ../nbs/09_metrics.ipynb #fa7e568c
 def salient_rows(cache, word_index: Sequence[int]) -> np.ndarray:
     "Cache row of word `word_index[i]` of sentence `i` (tag rows skipped) -> `[S]` int64, -1 when out of range."
     offsets = np.asarray(cache.sentence_offsets, dtype=np.int64)

@@ -408,21 +408,19 @@ def dev_salient(p: Prepared, run: Run, progress: bool = True):
 def vq_metrics(method, cache, l_in: int, l_out: int, max_sentences: int = 512) -> dict:
     "Perplexity, dead fraction and reconstruction FVU of a (CL)VQ-VAE method on `cache` (first `max_sentences`)."
     from clvq_nb.activations import collate_sentences
+    from clvq_nb.metrics import code_counts, fvu_from_sums, fvu_sums, usage_stats
     m = method.model.eval()
     ds = cache.sentence_pairs(l_in, l_out)
     n = min(len(ds), max_sentences)
-    num = den = 0.0; counts = torch.zeros(method.n_concepts)
+    sums, counts = 0, torch.zeros(method.n_concepts, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, n, 64):
             x, y, mask = collate_sentences([ds[j] for j in range(i, min(n, i + 64))])
             out = m(x, mask)
-            counts += torch.bincount(out.indices[mask].reshape(-1), minlength=method.n_concepts).float()
-            r, t = out.recon[mask].float(), y[mask].float()
-            num += float(((r - t) ** 2).sum()); den += float(((t - t.mean(0)) ** 2).sum())
-    pr = counts / counts.sum().clamp(min=1)
-    ppl = float(torch.exp(-(pr[pr > 0] * pr[pr > 0].log()).sum()))
-    return {"fvu": num / max(den, 1e-12), "perplexity": ppl, "active_codes": int((counts > 0).sum()),
-            "dead_fraction": float((counts == 0).float().mean())}
+            counts += code_counts(out.indices, method.n_concepts, mask)
+            sums = sums + fvu_sums(out.recon, y, mask)     # summed over batches: FVU about the dev mean, not each batch's
+    u = usage_stats(counts)
+    return {"fvu": fvu_from_sums(sums), **{k: u[k] for k in ("perplexity", "active_codes", "dead_fraction")}}
 
 # %% ../nbs/11b_pipeline.ipynb #8aec0753
 def open_run(cfg: ExperimentConfig) -> Run:

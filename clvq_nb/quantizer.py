@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, Tensor
 
+from .metrics import dead_fraction, perplexity  # the one implementation of the usage metrics
+
 # %% auto #0
 __all__ = ['INITS', 'VQOutput', 'nearest_code', 'kmeans', 'init_centroids', 'VectorQuantizer']
 
@@ -305,11 +307,6 @@ class _StraightThrough(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         return grad, None, None
 
-def _perplexity(counts: Tensor) -> Tensor:
-    "exp(entropy) of a code histogram `counts: [K]`."
-    p = counts / counts.sum().clamp(min=1e-12)
-    return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())
-
 @patch
 def forward(self: VectorQuantizer, x: Tensor, mask: Tensor | None = None, batch_idx: int | None = None) -> VQOutput:
     """Quantize `x: [..., dim]` (optional `mask: [...]` bool, True = real vector; `batch_idx` names the batch in errors).
@@ -342,7 +339,7 @@ def forward(self: VectorQuantizer, x: Tensor, mask: Tensor | None = None, batch_
             counts, restarts = self._ema_update(sel, sel_idx)
         else:
             counts = torch.bincount(sel_idx, minlength=self.codebook_size).float()
-    return VQOutput(quantized, idx.view(lead), commit, _perplexity(counts), restarts)
+    return VQOutput(quantized, idx.view(lead), commit, torch.tensor(perplexity(counts)), restarts)
 
 @patch
 @torch.no_grad()
@@ -372,6 +369,6 @@ def get_output_from_indices(self: VectorQuantizer, indices: Tensor) -> Tensor:
 def usage_stats(self: VectorQuantizer) -> dict:
     "Code usage since the last `reset_usage()`: perplexity, active codes, dead fraction (+ restarts so far)."
     active = int((self.usage > 0).sum())
-    return dict(perplexity=float(_perplexity(self.usage)), active_codes=active,
-                dead_fraction=1.0 - active / self.codebook_size, restarts=int(self.restarts_total))
+    return dict(perplexity=perplexity(self.usage), active_codes=active,
+                dead_fraction=dead_fraction(self.usage), restarts=int(self.restarts_total))
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from .activations import collate_sentences
-from .metrics import dead_fraction
+from .metrics import code_counts, dead_fraction, fvu_from_sums, fvu_sums, perplexity
 from .clvqvae import CLVQVAE, CLVQVAEConfig
 from .config import (ConfigMixin, atomic_path, atomic_write_text, clvq_home, get_device, read_json,
                             seed_everything, stable_hash, versions, write_json)
@@ -286,7 +286,7 @@ def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_f
     device = torch.device(device) if device is not None else next(model.parameters()).device
     K, dout = model.cfg.codebook_size, model.cfg.d_out
     was = model.training; model.eval()
-    stats = torch.zeros(4 + dout + K, dtype=torch.float64, device=device)  # sse, n_tok, commit*n, Σy², Σy [dout], counts [K]
+    stats = torch.zeros(5 + dout + K, dtype=torch.float64, device=device)  # n_tok, commit*n, fvu_sums [3 + dout], counts [K]
     batches = epoch_batches(len(ds), batch_size, 0, rank=rank, world=world, shuffle=False,
                             lengths=dataset_lengths(ds) if group_by_length else None)
     for i, (x, y, mask) in enumerate(_loader(ds, batches, collate_fn, num_workers)):
@@ -294,21 +294,18 @@ def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_f
         x, y, mask = x.to(device), y.to(device), mask.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x, mask)
-        r, t = out.recon[mask].double(), y[mask].double()
-        n = t.shape[0]
-        stats[0] += (r - t).pow(2).sum(); stats[1] += n; stats[2] += out.commit_loss.double() * n
-        stats[3] += t.pow(2).sum(); stats[4:4 + dout] += t.sum(0)
-        stats[4 + dout:] += torch.bincount(out.indices[mask], minlength=K).double()
+        n = int(mask.sum())
+        stats[0] += n; stats[1] += out.commit_loss.double() * n
+        stats[2:5 + dout] += fvu_sums(out.recon, y, mask)                       # additive: summed over batches and ranks
+        stats[5 + dout:] += code_counts(out.indices, K, mask)
     if world > 1: dist.all_reduce(stats)
     model.train(was)
-    n = stats[1].clamp(min=1)
-    sst = stats[3] - stats[4:4 + dout].pow(2).sum() / n
-    recon, commit = float(stats[0] / (n * dout)), float(stats[2] / n)
-    counts = stats[4 + dout:]; p = counts / counts.sum().clamp(min=1)
+    n = stats[0].clamp(min=1)
+    recon, commit = float(stats[2] / (n * dout)), float(stats[1] / n)
+    counts = stats[5 + dout:]
     return dict(loss=recon + model.cfg.beta * commit, recon_loss=recon, commit_loss=commit,
-                fvu=float(stats[0] / sst) if sst > 0 else float("nan"),
-                perplexity=float(torch.exp(-(p * p.clamp(min=1e-12).log()).sum())), active_codes=int((counts > 0).sum()),
-                dead_fraction=dead_fraction(counts), n_tokens=int(stats[1]))
+                fvu=fvu_from_sums(stats[2:5 + dout]), perplexity=perplexity(counts), active_codes=int((counts > 0).sum()),
+                dead_fraction=dead_fraction(counts), n_tokens=int(stats[0]))
 
 @patch
 def evaluate(self: Trainer, ds: Dataset | None = None) -> dict:

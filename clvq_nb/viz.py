@@ -19,9 +19,9 @@ import ipywidgets as widgets
 from .config import read_json, write_json, atomic_write_text
 
 # %% auto #0
-__all__ = ['ACTIVE_COLOR', 'DEAD_COLOR', 'REFERENCE_COLOR', 'PAPER_REFERENCE', 'concept_color', 'usage_stats',
-           'code_usage_figure', 'read_history', 'normalize_history', 'training_curves_figure', 'concept_records',
-           'find_word', 'sentence_html', 'token_concept_heatmap', 'concept_label_heatmap', 'concept_top_tokens_figure',
+__all__ = ['ACTIVE_COLOR', 'DEAD_COLOR', 'REFERENCE_COLOR', 'PAPER_REFERENCE', 'concept_color', 'code_usage_figure',
+           'read_history', 'normalize_history', 'training_curves_figure', 'concept_records', 'find_word',
+           'sentence_html', 'token_concept_heatmap', 'concept_label_heatmap', 'concept_top_tokens_figure',
            'label_distribution_figure', 'read_table', 'comparison_figure', 'headline_html', 'sweep_summary_figure',
            'MethodView', 'load_method', 'load_run', 'comparison_table', 'demo_run', 'open_run', 'run_path', 'Explorer',
            'codebook_usage_widget', 'concept_heatmap_widget', 'concept_explorer_widget']
@@ -39,16 +39,7 @@ def concept_color(k: int) -> str:
     return "#{:02x}{:02x}{:02x}".format(round(r * 255), round(g * 255), round(b * 255))
 
 # %% ../nbs/11_viz.ipynb #e85c8c50
-def usage_stats(counts: Sequence[float], dead_threshold: float = 0) -> dict:
-    "Perplexity (exp of the usage entropy), active codes, dead fraction of code counts `counts: [K]`."
-    c = np.asarray(counts, dtype=float).ravel()
-    if c.size == 0: raise ValueError("counts is empty: pass one count per code, shape [K]")
-    if (c < 0).any(): raise ValueError("counts has negative entries: pass code usage counts (>= 0)")
-    p = c / c.sum() if c.sum() > 0 else np.zeros_like(c)
-    ent = -(p[p > 0] * np.log(p[p > 0])).sum()
-    active = int((c > dead_threshold).sum())
-    return dict(perplexity=float(np.exp(ent)) if c.sum() > 0 else 0.0, active_codes=active,
-                dead_fraction=1 - active / c.size, n_codes=int(c.size))
+from .metrics import usage_stats  # perplexity, active codes, dead fraction of counts [K]: the one implementation
 
 def code_usage_figure(counts: Sequence[float], dead_threshold: float = 0, title: str = "Code usage",
                       floor: float = 0.5) -> go.Figure:

@@ -140,8 +140,8 @@ def test_codebook_metrics_reference():
     y = torch.randn(30, 4); yh = y + 0.1 * torch.randn(30, 4)
     ref = ((y - yh) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
     assert math.isclose(fvu(yh, y), float(ref), rel_tol=1e-6)
-    with pytest.raises(ValueError, match="zero variance"): fvu(torch.ones(3, 2), torch.ones(3, 2))
-    with pytest.raises(ValueError, match="positive total"): perplexity(torch.zeros(4))
+    assert math.isnan(fvu(torch.ones(3, 2), torch.ones(3, 2)))          # zero variance: undefined
+    assert math.isnan(perplexity(torch.zeros(4))) and dead_fraction(torch.zeros(4)) == 1.0   # nothing assigned
 
 
 @pytest.fixture(scope="module")
