@@ -70,7 +70,7 @@ def encode_words(tokenizer, words: list[list[str]], max_length: int = 128):
     return padded, word_ids, tag_pos, n_dropped, words
 
 # %% ../nbs/03_activations.ipynb #71a94be0
-MERGES = ("mean", "first")
+MERGES = ("mean", "first", "last")  # last: the final piece, as NeuroX (the authors' extraction)
 
 def merge_subwords(hidden: torch.Tensor, word_ids: torch.Tensor, tag_pos: torch.Tensor, merge: str = "mean"):
     """Merge sub-word states into word states.
@@ -97,10 +97,14 @@ def merge_subwords(hidden: torch.Tensor, word_ids: torch.Tensor, tag_pos: torch.
         out.index_add_(0, target, tok)
         cnt = torch.bincount(target, minlength=N).clamp_min(1).to(hidden.dtype)
         out /= cnt[:, None]
-    else:
+    elif merge == "first":
         first = torch.ones_like(target, dtype=torch.bool)
         first[1:] = target[1:] != target[:-1]
         out[target[first]] = tok[first]
+    else:  # last piece of each word (pieces of a word are consecutive)
+        last = torch.ones_like(target, dtype=torch.bool)
+        last[:-1] = target[:-1] != target[1:]
+        out[target[last]] = tok[last]
     out[base] = hidden[torch.arange(B, device=dev), tag_pos]
     sent = torch.repeat_interleave(torch.arange(B, device=dev), rows_per)
     word = torch.full((N,), -1, dtype=torch.long, device=dev)

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from .config import atomic_path, read_json, stable_hash, write_json
 
 # %% auto #0
-__all__ = ['assign_tokens', 'Concepts', 'summarise_concepts', 'extract_concepts', 'SalientTokens', 'salient_tokens',
-           'salient_tokens_prompt']
+__all__ = ['IG_CHOICES', 'assign_tokens', 'Concepts', 'summarise_concepts', 'extract_concepts', 'SalientTokens',
+           'hidden_state_module', 'salient_tokens', 'salient_tokens_prompt']
 
 # %% ../nbs/08_concepts.ipynb #44e70dc9
 def _token_frame(cache) -> pd.DataFrame:
@@ -171,16 +171,25 @@ def extract_concepts(method, cache, l_in: int, top_n: int = 20, n_examples: int 
     if out_dir is not None: c.save(out_dir)
     return c
 
-# %% ../nbs/08_concepts.ipynb #9f5a9cce
+# %% ../nbs/08_concepts.ipynb #7e623a25
 @dataclass
 class SalientTokens:
-    "Salient word per sentence: `index [S]` (-1 when no word survived truncation), per-word `scores`, `target [S]`."
+    """Salient token per sentence: `index [S]` word index (-1: no word survived truncation, or the tag won),
+    `tag [S]` bool (the sentence tag won; only with `exclude='final_sep'`), per-word `scores`, `target [S]`."""
     index: np.ndarray
     scores: list[np.ndarray]
     target: np.ndarray
     words: list[list[str]]
+    tag: np.ndarray | None = None
+    def __post_init__(self):
+        if self.tag is None: self.tag = np.zeros(len(self.index), dtype=bool)
     def word(self, i: int) -> str | None:
+        if self.tag[i]: return "[TAG]"
         j = int(self.index[i]); return self.words[i][j] if j >= 0 else None
+    def rows(self, cache) -> np.ndarray:
+        "Cache row of each sentence's salient token -> `[S]` int64 (the tag row when the tag won; -1 when none)."
+        from clvq_nb.metrics import salient_rows
+        return np.where(self.tag, np.asarray(cache.sentence_offsets, dtype=np.int64)[:-1], salient_rows(cache, self.index))
 
 def _model_fingerprint(model) -> str:
     h = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
@@ -192,19 +201,64 @@ def _embedding_layer(model) -> torch.nn.Module:
     if emb is None: raise TypeError(f"{type(model).__name__} has no get_input_embeddings(): pass a transformers model")
     return emb
 
-def _merge_to_words(attr: np.ndarray, word_ids: Sequence[int | None], n_words: int) -> np.ndarray:
-    "Max over the sub-word pieces of each word; NaN for words with no piece (truncated). `attr: [T]` -> `[n_words]`."
-    out = np.full(n_words, -np.inf)
+def hidden_state_module(model, layer: int) -> torch.nn.Module:
+    "The module whose output is `hidden_states[layer]` of a transformers encoder (0: the embeddings; l: block l)."
+    base = getattr(model, "base_model", model)
+    if layer == 0:
+        if hasattr(base, "embeddings"): return base.embeddings
+        raise TypeError(f"{type(model).__name__}: no embeddings module for layer 0")
+    for path in ("encoder.layer", "encoder.layers", "layers", "h", "transformer.layer"):
+        obj = base
+        try:
+            for part in path.split("."): obj = getattr(obj, part)
+        except AttributeError: continue
+        if not 1 <= layer <= len(obj):
+            raise ValueError(f"layer={layer} is outside the model's hidden states 0..{len(obj)} (0 = embeddings)")
+        return obj[layer - 1]
+    raise TypeError(f"{type(model).__name__}: cannot find the encoder blocks (looked for {type(base).__name__}.encoder.layer ...)")
+
+_MERGES = {"max": np.fmax, "sum": np.add}
+
+def _merge_to_words(attr: np.ndarray, word_ids: Sequence[int | None], n_words: int, how: str = "max") -> np.ndarray:
+    "Max (or sum, mean) over the sub-word pieces of each word; NaN for words with no piece (truncated). `attr: [T]` -> `[n_words]`."
+    out, n = np.full(n_words, np.nan), np.zeros(n_words)
+    op = _MERGES["sum" if how == "mean" else how]
     for a, w in zip(attr, word_ids):
-        if w is not None and w < n_words: out[w] = max(out[w], a)
-    out[np.isneginf(out)] = np.nan
-    return out
+        if w is not None and w < n_words: out[w] = a if n[w] == 0 else op(out[w], a); n[w] += 1
+    return out / np.maximum(n, 1) if how == "mean" else out
+
+IG_CHOICES = dict(site=("embeddings", "layer"), baseline=("pad", "zeros"), norm=("words", "all"),
+                  merge=("max", "mean", "sum"), exclude=("specials", "final_sep"))
+
+def _check_ig_choices(**kw):
+    for k, v in kw.items():
+        if v not in IG_CHOICES[k]: raise ValueError(f"{k}={v!r}: use one of {IG_CHOICES[k]}")
+
+def _pick(v: np.ndarray, wid: list, real: np.ndarray, n_words: int, norm: str, merge: str, absolute: bool,
+          exclude: str) -> tuple[int, bool, np.ndarray, float]:
+    "One sentence's pick from token attributions `v: [T]`: (word index or -1, tag won?, word scores, tag score)."
+    words = np.array([w is not None for w in wid]) & real
+    v = v * (words if norm == "words" else real)
+    n = np.linalg.norm(v); v = v / n if n > 0 else v
+    sc = _merge_to_words(v, wid, n_words, merge)
+    spec = np.flatnonzero(real & ~words)                      # [CLS] ... [SEP]: the tag is the first special token
+    tag_sc = float(v[spec[0]]) if len(spec) else np.nan
+    rank = np.abs(sc) if absolute else sc
+    j = int(np.nanargmax(rank)) if np.isfinite(rank).any() else -1
+    if exclude == "final_sep" and len(spec) > 1 and np.isfinite(tag_sc):
+        t = abs(tag_sc) if absolute else tag_sc
+        if j < 0 or t > rank[j]: return -1, True, sc, tag_sc
+    return j, False, sc, tag_sc
 
 def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Sequence[Sequence[str]] | None = None,
                    n_steps: int = 500, batch_size: int = 8, internal_batch_size: int | None = None,
                    max_length: int = 128, method: str = "gausslegendre", absolute: bool = True,
+                   site: str = "embeddings", layer: int | None = None, baseline: str = "pad", norm: str = "words",
+                   merge: str = "max", exclude: str = "specials", targets: Sequence[int] | None = None,
                    cache_path: str | Path | None = None, progress: bool = True) -> SalientTokens:
-    """Top-1 word per sentence by Integrated Gradients (embedding layer, target = predicted class).
+    """Top-1 token per sentence by Integrated Gradients (see the table above for `site`, `baseline`, `norm`,
+    `merge`, `exclude`; `layer` is the block for `site='layer'`; `targets: [S]` attributes those classes instead of
+    the predicted ones).
 
     `words_per_text[i]`: the words of `texts[i]` (default: `clvq_nb.data.word_tokenize`). Sentences go through
     the model `batch_size` at a time; captum evaluates `internal_batch_size` path points per pass (default:
@@ -215,6 +269,9 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     from captum.attr import LayerIntegratedGradients
     if isinstance(texts, str): raise TypeError("texts must be a list of strings, not one string; wrap it: [text]")
     if getattr(model, "is_prompt_classifier", False):   # a decoder LM prompted for the label
+        if (site, baseline, norm, merge, exclude, targets) != ("embeddings", "pad", "words", "max", "specials", None):
+            raise ValueError("a prompted decoder LM supports only the default IG settings (site='embeddings', baseline='pad', "
+                             "norm='words', merge='max', exclude='specials', predicted-class targets)")
         return salient_tokens_prompt(model, texts, words_per_text, n_steps, batch_size, internal_batch_size, max_length,
                                      method, absolute, cache_path, progress)
     texts = list(texts)
@@ -225,9 +282,15 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     if len(words) != len(texts): raise ValueError(f"{len(words)} word lists for {len(texts)} texts: give one per text")
     if not getattr(tokenizer, "is_fast", False): raise TypeError("salient_tokens needs a fast tokenizer (word_ids())")
     if n_steps < 2: raise ValueError(f"n_steps={n_steps}: Integrated Gradients needs at least 2 steps")
+    _check_ig_choices(site=site, baseline=baseline, norm=norm, merge=merge, exclude=exclude)
+    if site == "layer" and layer is None: raise ValueError("site='layer' needs layer= (the analysis layer l_in)")
+    if targets is not None and len(targets) != len(texts): raise ValueError(f"{len(targets)} targets for {len(texts)} texts")
     S = len(texts)
     key = {"model": _model_fingerprint(model), "words": stable_hash(words, 16), "n_steps": n_steps,
            "max_length": max_length, "method": method, "absolute": absolute}
+    if (site, baseline, norm, merge, exclude, targets) != ("embeddings", "pad", "words", "max", "specials", None):
+        key.update(site=site, layer=layer, baseline=baseline, norm=norm, merge=merge, exclude=exclude,
+                   targets=None if targets is None else stable_hash([int(t) for t in targets], 16))
     done: dict[str, Any] = {}
     cache_path = Path(cache_path) if cache_path else None
     if cache_path and cache_path.exists():
@@ -238,7 +301,7 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     emb = _embedding_layer(model); dev = emb.weight.device
     was = model.training; model.eval()
     def fwd(input_ids, attention_mask): return model(input_ids=input_ids, attention_mask=attention_mask).logits
-    lig = LayerIntegratedGradients(fwd, emb)
+    lig = LayerIntegratedGradients(fwd, emb if site == "embeddings" else hidden_state_module(model, layer))
     todo = [i for i in np.argsort([len(w) for w in words], kind="stable") if str(i) not in done]
     ibs = internal_batch_size or batch_size * min(n_steps, 64)
     special = set(tokenizer.all_special_ids)
@@ -249,25 +312,27 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
             enc = tokenizer([words[i] for i in idx], is_split_into_words=True, truncation=True,
                             max_length=max_length, padding=True, return_tensors="pt")
             ids, am = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-            keep = torch.tensor([[t in special for t in row] for row in ids.tolist()], device=dev)
-            base = torch.where(keep, ids, torch.full_like(ids, pad))
-            with torch.no_grad(): target = fwd(ids, am).argmax(-1)
+            if baseline == "zeros": base = torch.zeros_like(ids)
+            else:
+                keep = torch.tensor([[t in special for t in row] for row in ids.tolist()], device=dev)
+                base = torch.where(keep, ids, torch.full_like(ids, pad))
+            with torch.no_grad(): pred = fwd(ids, am).argmax(-1)
+            target = pred if targets is None else torch.tensor([int(targets[i]) for i in idx], device=dev)
             attr = lig.attribute(inputs=ids, baselines=base, target=target, additional_forward_args=(am,),
                                  n_steps=n_steps, method=method, internal_batch_size=ibs)
+            if isinstance(attr, (tuple, list)): attr = attr[0]
             a = attr.sum(-1).detach().float().cpu().numpy()                       # [B, T]
+            real = am.bool().cpu().numpy()
             for r, i in enumerate(idx):
-                wid = enc.word_ids(r)
-                ok = np.array([w is not None for w in wid])
-                v = a[r] * ok
-                n = np.linalg.norm(v); v = v / n if n > 0 else v
-                sc = _merge_to_words(v, wid, len(words[i]))
-                j = int(np.nanargmax(np.abs(sc) if absolute else sc)) if np.isfinite(sc).any() else -1
-                done[str(i)] = {"index": j, "target": int(target[r]), "scores": [None if np.isnan(x) else float(x) for x in sc]}
+                j, tag, sc, tag_sc = _pick(a[r], enc.word_ids(r), real[r], len(words[i]), norm, merge, absolute, exclude)
+                done[str(i)] = {"index": j, "tag": tag, "tag_score": None if np.isnan(tag_sc) else tag_sc,
+                                "target": int(target[r]), "scores": [None if np.isnan(x) else float(x) for x in sc]}
             if cache_path: write_json(cache_path, {"key": key, "done": done})
     finally: model.train(was)
     sc = [np.array([np.nan if x is None else x for x in done[str(i)]["scores"]], dtype=float) for i in range(S)]
     return SalientTokens(index=np.array([done[str(i)]["index"] for i in range(S)], dtype=np.int64), scores=sc,
-                         target=np.array([done[str(i)]["target"] for i in range(S)], dtype=np.int64), words=words)
+                         target=np.array([done[str(i)]["target"] for i in range(S)], dtype=np.int64), words=words,
+                         tag=np.array([bool(done[str(i)].get("tag", False)) for i in range(S)]))
 
 # %% ../nbs/08_concepts.ipynb #ea4bd6d9
 def _planted_task(n: int = 256, seed: int = 0) -> tuple[list[list[str]], list[int]]:

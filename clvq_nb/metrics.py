@@ -14,10 +14,14 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['sentence_vectors', 'orthonormal_basis', 'project_out', 'random_directions', 'stratified_folds', 'FoldProbes',
-           'train_fold_probes', 'project_out_each', 't_interval', 'concept_removal', 'code_counts', 'perplexity',
-           'dead_fraction', 'usage_stats', 'codebook_metrics', 'fvu_sums', 'fvu_from_sums', 'fvu', 'salient_rows',
-           'sentence_labels', 'evaluate_removal']
+__all__ = ['PROTOCOL_CHOICES', 'LEAK_FLAG', 'PRESETS', 'PROTOCOL_POINTS', 'sentence_vectors', 'orthonormal_basis', 'project_out',
+           'random_directions', 'stratified_folds', 'FoldProbes', 'train_fold_probes', 'project_out_each', 't_interval',
+           'concept_removal', 'code_counts', 'perplexity', 'dead_fraction', 'usage_stats', 'codebook_metrics',
+           'fvu_sums', 'fvu_from_sums', 'fvu', 'salient_rows', 'sentence_labels', 'evaluate_removal', 'EvalProtocol',
+           'protocols', 'ablation_protocols', 'layer_mean', 'centred_project_out', 'assign_concepts',
+           'bootstrap_accuracy', 'evaluate_protocol', 'aggregate_seeds', 'run_ablation', 'ablation_figure',
+           'hidden_hooks', 'project_edit', 'causal_removal', 'splice_positions', 'method_splice', 'splice_accuracy',
+           'splice_report']
 
 # %% ../nbs/09_metrics.ipynb #1c6d9a06
 def _rows_of(offsets: np.ndarray, kind: str, has_tag: np.ndarray) -> list[np.ndarray] | np.ndarray:
@@ -119,7 +123,7 @@ def _early_stop_split(train_idx: np.ndarray, y: np.ndarray, frac: float, rng: np
         val.append(m[:k]); fit.append(m[k:])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
-# %% ../nbs/09_metrics.ipynb #9f01c775
+# %% ../nbs/09_metrics.ipynb #3577b2f1
 from .models import torch_threads  # temporary torch thread count for probe training
 
 class FoldProbes(torch.nn.Module):
@@ -131,7 +135,16 @@ class FoldProbes(torch.nn.Module):
         self.W1, self.b1 = U(n_folds, d, hidden, fan=d), U(n_folds, 1, hidden, fan=d)
         self.W2, self.b2 = U(n_folds, hidden, n_classes, fan=hidden), U(n_folds, 1, n_classes, fan=hidden)
         self.dropout = dropout
+        # input scaling per fold (identity unless `standardize` is called): x -> (x - mu) / sd
+        self.register_buffer("mu", torch.zeros(n_folds, 1, d)); self.register_buffer("sd", torch.ones(n_folds, 1, d))
+    def standardize(self, X: torch.Tensor, rows: list[np.ndarray]) -> "FoldProbes":
+        "Scale each fold's inputs by the mean / std of its own training rows `rows[f]` of `X: [S, d]`."
+        for f, r in enumerate(rows):
+            xr = X[torch.as_tensor(np.asarray(r), dtype=torch.long)]
+            self.mu[f, 0] = xr.mean(0); self.sd[f, 0] = xr.std(0).clamp(min=1e-6) if len(xr) > 1 else 1.0
+        return self
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mu) / self.sd
         h = torch.relu(torch.baddbmm(self.b1, x, self.W1))
         h = F.dropout(h, self.dropout, self.training)
         return torch.baddbmm(self.b2, h, self.W2)
@@ -142,7 +155,8 @@ class FoldProbes(torch.nn.Module):
 def train_fold_probes(X: torch.Tensor, y: torch.Tensor, splits: list[tuple[np.ndarray, np.ndarray]],
                       hidden: int = 64, dropout: float = 0.2, lr: float = 1e-3, batch_size: int = 64,
                       max_epochs: int = 200, patience: int = 10, val_fraction: float = 0.1, seed: int = 0,
-                      threads: int | None = 1, progress: bool = False) -> tuple[FoldProbes, dict]:
+                      threads: int | None = 1, progress: bool = False, val_sets: list[np.ndarray] | None = None,
+                      keep: str = "best", scaling: str = "raw") -> tuple[FoldProbes, dict]:
     """Train one probe per split on `X[train_idx]` (never touching `test_idx`) -> (probes in eval mode, info).
 
     `X: [S, d]`, `y: [S]` long; early stopping on a stratified `val_fraction` of each training fold
@@ -150,24 +164,36 @@ def train_fold_probes(X: torch.Tensor, y: torch.Tensor, splits: list[tuple[np.nd
     `val_fraction=0` turns early stopping off and keeps the last epoch).
     `threads`: torch threads while training (default 1: the matrices are small, and extra threads only
     add overhead, badly so on a busy machine; None leaves the setting alone). `info` holds per-fold fit/val
-    indices and the best epochs."""
+    indices and the best epochs.
+
+    The authors' protocol, point by point: `val_sets[f]` replaces fold f's validation rows (pass the test
+    folds to reproduce early stopping on the test fold, a leak: the whole training fold is then fitted);
+    `keep='last'` returns the last epoch's weights instead of the best (their shallow "best weights" copy);
+    `scaling='standardize'` scales inputs by the training fold's mean / std (`'raw'`: unscaled)."""
+    if keep not in ("best", "last"): raise ValueError(f"keep={keep!r}: use 'best' or 'last'")
+    if scaling not in ("raw", "standardize"): raise ValueError(f"scaling={scaling!r}: use 'raw' or 'standardize'")
+    if val_sets is not None and len(val_sets) != len(splits):
+        raise ValueError(f"val_sets has {len(val_sets)} entries for {len(splits)} splits: give one per split")
     with torch_threads(threads):
         return _train_fold_probes(X, y, splits, hidden, dropout, lr, batch_size, max_epochs, patience,
-                                  val_fraction, seed, progress)
+                                  val_fraction, seed, progress, val_sets, keep, scaling)
 
-def _train_fold_probes(X, y, splits, hidden, dropout, lr, batch_size, max_epochs, patience, val_fraction, seed, progress):
+def _train_fold_probes(X, y, splits, hidden, dropout, lr, batch_size, max_epochs, patience, val_fraction, seed, progress,
+                       val_sets=None, keep="best", scaling="raw"):
     X, y = torch.as_tensor(X).float(), torch.as_tensor(y).long()
     S, d = X.shape
     nF, C = len(splits), int(y.max()) + 1
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
-    parts = [_early_stop_split(np.asarray(tr), y.numpy(), val_fraction, rng) for tr, _ in splits]
+    if val_sets is None: parts = [_early_stop_split(np.asarray(tr), y.numpy(), val_fraction, rng) for tr, _ in splits]
+    else: parts = [(np.sort(np.asarray(tr)), np.asarray(v, dtype=np.int64)) for (tr, _), v in zip(splits, val_sets)]
     for (tr, te), (fit, val) in zip(splits, parts):
-        if len(np.intersect1d(np.concatenate([fit, val]), te)):
+        if len(np.intersect1d(fit if val_sets is not None else np.concatenate([fit, val]), te)):
             raise ValueError("a split's training rows include some of its test rows: the probe would be tested on "
                              "sentences it saw; use stratified_folds (train and test indices must be disjoint)")
     val_mask = torch.zeros(nF, S, dtype=torch.bool)
     for f, (_, val) in enumerate(parts): val_mask[f, torch.as_tensor(val, dtype=torch.long)] = True
     net = FoldProbes(nF, d, C, hidden, dropout)
+    if scaling == "standardize": net.standardize(X, [tr for tr, _ in splits])
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     n_max = max(len(fit) for fit, _ in parts); steps = max(1, math.ceil(n_max / batch_size))
     best = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -199,7 +225,8 @@ def _train_fold_probes(X, y, splits, hidden, dropout, lr, batch_size, max_epochs
             best_loss[improved] = vl[improved]; best_acc[improved] = va[improved]; best_epoch[improved] = ep
         bad = torch.where(improved, torch.zeros_like(bad), bad + 1)
         if (bad >= patience).all(): break
-    net.load_state_dict(best); net.eval()
+    if keep == "best": net.load_state_dict(best)
+    net.eval()
     return net, {"fit_val": parts, "best_epoch": best_epoch.tolist(), "epochs_run": ep + 1,
                  "best_val_loss": best_loss.tolist(), "best_val_acc": best_acc.tolist()}
 
@@ -410,3 +437,553 @@ def evaluate_removal(method, cache, layer: int, word_index: Sequence[int], label
     res.update(method=str(getattr(method, "name", type(method).__name__)), layer=int(layer),
                n_dropped=int((~ok).sum()), n_concepts_used=len(vecs))
     return res
+
+# %% ../nbs/09_metrics.ipynb #926c0ea1
+from dataclasses import dataclass, fields, replace
+from .config import ConfigMixin
+
+PROTOCOL_CHOICES = dict(
+    ig_site=("embeddings", "layer"), ig_baseline=("pad", "zeros"), ig_target=("pred", "label"), ig_norm=("words", "all"),
+    ig_merge=("max", "mean", "sum"), ig_exclude=("specials", "final_sep"), assign=("live", "all"),
+    projection=("centred", "uncentred"), random_control=("gaussian", "codebook"), early_stopping=("validation", "test_fold"),
+    probe_keep=("best", "last"), probe_scaling=("raw", "standardize"), labels=("label", "pred"),
+    train_tokens=("filtered", "all"), codebook_init=("spherical_kmeans++", "kmeans++", "random"),
+    subword_merge=("mean", "first", "last"), decoder_memory=("quantized", "continuous"))
+LEAK_FLAG = "test-fold early stopping"
+
+@dataclass
+class EvalProtocol(ConfigMixin):
+    "How concept removal is evaluated (and the training-side points the pipeline passes on); see the table above."
+    name: str = "sound"
+    # salient word (Integrated Gradients)
+    ig_site: str = "embeddings"        # 'embeddings' | 'layer' (the output of the analysis layer l_in)
+    ig_baseline: str = "pad"           # 'pad' (word pieces -> [PAD], specials kept) | 'zeros' (all-zero input ids)
+    ig_target: str = "pred"            # 'pred' (the predicted class) | 'label' (gold)
+    ig_steps: int = 500
+    ig_norm: str = "words"             # L2 over the 'words' | 'all' tokens including specials
+    ig_merge: str = "max"              # sub-word merge of the scores: 'max' | 'mean' | 'sum'
+    ig_abs: bool = True                # rank by the absolute merged score
+    ig_exclude: str = "specials"       # 'specials' (words only) | 'final_sep' (all but the final separator: the tag may win)
+    # token -> concept, removal, controls
+    assign: str = "live"               # 'live' (nearest concept with members) | 'all' (argmin over all codes)
+    projection: str = "centred"        # 'centred' (train-token mean out and back) | 'uncentred'
+    random_control: str = "gaussian"   # the `acc_random` column: 'gaussian' direction | 'codebook' vector of the method
+    # probe
+    folds: int = 20
+    probe_batch: int = 32
+    probe_max_epochs: int = 100
+    probe_patience: int = 5
+    early_stopping: str = "validation" # 'validation' (split of the training fold) | 'test_fold' (the authors' leak)
+    val_fraction: float = 0.1          # validation share of a training fold ('validation' only)
+    probe_keep: str = "best"           # weights of the 'best' | 'last' epoch
+    probe_scaling: str = "standardize" # 'raw' | 'standardize' (on the training fold)
+    labels: str = "label"              # probe target: gold 'label' | the model's 'pred'
+    bootstrap: int = 1000              # bootstrap resamples of the sentences (0: no intervals)
+    level: float = 0.95
+    # training side: the pipeline passes these on when it fits methods (see `fit_settings`)
+    train_tokens: str = "filtered"     # frequency-filtered training sequences, tag kept | 'all'
+    codebook_init: str = "spherical_kmeans++"
+    init_iters: int = 10               # k-means iterations of the codebook init
+    init_tokens: int | None = None     # tokens the init clusters (None: all kept training tokens)
+    subword_merge: str = "mean"        # sub-word pieces -> word vector: 'mean' | 'first' | 'last'
+    decoder_memory: str = "quantized"  # 'quantized' | 'continuous'
+
+    def __post_init__(self):
+        for k, ok in PROTOCOL_CHOICES.items():
+            if getattr(self, k) not in ok: raise ValueError(f"EvalProtocol.{k}={getattr(self, k)!r}: use one of {ok}")
+        for k, lo in (("ig_steps", 2), ("folds", 2), ("probe_batch", 1), ("probe_max_epochs", 1), ("probe_patience", 1),
+                      ("bootstrap", 0), ("init_iters", 1)):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo: raise ValueError(f"EvalProtocol.{k}={v!r}: give an integer >= {lo}")
+        if self.init_tokens is not None and self.init_tokens < 1: raise ValueError(f"EvalProtocol.init_tokens={self.init_tokens!r}: give >= 1 or None (all)")
+        if not 0 < self.level < 1: raise ValueError(f"EvalProtocol.level={self.level!r}: give a level in (0, 1), e.g. 0.95")
+        if self.early_stopping == "validation" and not 0 < self.val_fraction < 1:
+            raise ValueError(f"EvalProtocol.val_fraction={self.val_fraction!r}: early stopping on a validation split needs 0 < val_fraction < 1")
+        if not isinstance(self.ig_abs, bool): raise ValueError(f"EvalProtocol.ig_abs={self.ig_abs!r}: give True or False")
+
+    @property
+    def leak(self) -> bool: return self.early_stopping == "test_fold"
+    @property
+    def flag(self) -> str: return LEAK_FLAG if self.leak else ""
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "EvalProtocol":
+        "`'paper'` or `'sound'`, with `overrides` (e.g. `ig_steps=20` on a CPU)."
+        if name not in PRESETS: raise ValueError(f"unknown protocol preset {name!r}; use one of {sorted(PRESETS)} (or 'both' in protocols())")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def salient_kwargs(self, layer: int) -> dict:
+        "Keywords of `clvq_nb.concepts.salient_tokens` for this protocol (`layer` = the analysis layer l_in)."
+        return dict(n_steps=self.ig_steps, site=self.ig_site, layer=layer, baseline=self.ig_baseline, norm=self.ig_norm,
+                    merge=self.ig_merge, absolute=self.ig_abs, exclude=self.ig_exclude)
+
+    def probe_kwargs(self) -> dict:
+        "Keywords of `train_fold_probes` for this protocol."
+        return dict(batch_size=self.probe_batch, max_epochs=self.probe_max_epochs, patience=self.probe_patience,
+                    val_fraction=self.val_fraction, keep=self.probe_keep, scaling=self.probe_scaling)
+
+    def fit_settings(self) -> dict:
+        """What the pipeline passes on when it builds caches and fits methods: the activation `merge`, the VQ
+        models' `model` fields (`memory`, `init`, `kmeans_iters`) and `train` fields (`init_tokens`), `train_tokens`."""
+        return dict(merge=self.subword_merge, train_tokens=self.train_tokens,
+                    model=dict(memory=self.decoder_memory, init=self.codebook_init, kmeans_iters=self.init_iters),
+                    train=dict(init_tokens=2 ** 62 if self.init_tokens is None else self.init_tokens))
+
+PRESETS = {"sound": {},
+           "paper": dict(name="paper", ig_site="layer", ig_baseline="zeros", ig_norm="all", ig_exclude="final_sep",
+                         assign="all", projection="uncentred", early_stopping="test_fold", probe_keep="last",
+                         probe_scaling="raw", codebook_init="kmeans++", init_iters=100, subword_merge="last",
+                         decoder_memory="continuous")}
+
+def protocols(spec: str = "both", **overrides) -> list[EvalProtocol]:
+    "The protocols named by `spec`: 'paper', 'sound' or 'both' (sound first), each with `overrides`."
+    names = ["sound", "paper"] if spec == "both" else [spec]
+    return [EvalProtocol.preset(n, **overrides) for n in names]
+
+# %% ../nbs/09_metrics.ipynb #d8a9152e
+PROTOCOL_POINTS = {  # point -> (fields it switches, 'eval' | 'train')
+    "ig_site": (("ig_site",), "eval"), "ig_baseline": (("ig_baseline",), "eval"), "ig_target": (("ig_target",), "eval"),
+    "ig_steps": (("ig_steps",), "eval"), "ig_norm": (("ig_norm",), "eval"), "ig_merge": (("ig_merge",), "eval"),
+    "ig_abs": (("ig_abs",), "eval"), "ig_exclude": (("ig_exclude",), "eval"), "assign": (("assign",), "eval"),
+    "projection": (("projection",), "eval"), "random_control": (("random_control",), "eval"),
+    "probe_shape": (("folds", "probe_batch", "probe_max_epochs", "probe_patience"), "eval"),
+    "early_stopping": (("early_stopping", "probe_keep"), "eval"), "probe_scaling": (("probe_scaling",), "eval"),
+    "labels": (("labels",), "eval"),
+    "train_tokens": (("train_tokens",), "train"), "codebook_init": (("codebook_init", "init_iters", "init_tokens"), "train"),
+    "subword_merge": (("subword_merge",), "train"), "decoder_memory": (("decoder_memory",), "train")}
+
+def ablation_protocols(base: EvalProtocol | str = "sound", target: EvalProtocol | str = "paper",
+                       points: Sequence[str] | None = None) -> dict[str, tuple[EvalProtocol, str]]:
+    "`{variant: (protocol, side)}`: `base` itself ('base') and, per point where `base` and `target` differ, `base` with that point of `target`."
+    base = EvalProtocol.preset(base) if isinstance(base, str) else base
+    target = EvalProtocol.preset(target) if isinstance(target, str) else target
+    names = list(PROTOCOL_POINTS) if points is None else list(points)
+    bad = [p for p in names if p not in PROTOCOL_POINTS]
+    if bad: raise ValueError(f"unknown protocol point(s) {bad}; accepted: {list(PROTOCOL_POINTS)}")
+    out = {"base": (base, "eval")}
+    for p in names:
+        fs, side = PROTOCOL_POINTS[p]
+        if all(getattr(base, f) == getattr(target, f) for f in fs): continue
+        out[p] = (replace(base, name=f"{base.name}+{p}", **{f: getattr(target, f) for f in fs}), side)
+    return out
+
+# %% ../nbs/09_metrics.ipynb #8cc190a4
+def layer_mean(cache, layer: int, kept_only: bool = True, chunk: int = 65536) -> torch.Tensor:
+    "Mean `[d]` (float64) of the layer's token vectors in `cache` (the frequency filter's kept rows by default)."
+    toks = cache.tokens
+    if hasattr(toks, "to_pandas"): toks = toks.to_pandas()
+    rows = np.flatnonzero(np.asarray(toks["keep"], bool)) if kept_only and "keep" in toks else np.arange(cache.n_tokens)
+    if len(rows) == 0: raise ValueError("the cache has no (kept) tokens to average")
+    X, tot = cache.layer(layer), 0
+    for i in range(0, len(rows), chunk):
+        r = torch.as_tensor(rows[i:i + chunk], dtype=torch.long)
+        tot = tot + torch.as_tensor(X[r]).double().sum(0)
+    return tot / len(rows)
+
+def centred_project_out(X: torch.Tensor, Q: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
+    "`mu + (I - Q Qᵀ)(x - mu)` per row: `X: [S, d]`, `Q: [S, d, r]` orthonormal, `mu: [d]` (None: uncentred, `(I - QQᵀ)x`)."
+    if mu is None: return project_out_each(X, Q)
+    mu = torch.as_tensor(mu, dtype=torch.float64)
+    return (mu + project_out_each(X.double() - mu, Q)).to(X.dtype)
+
+def assign_concepts(method, x: torch.Tensor, how: str = "live") -> torch.Tensor:
+    "Concept id per token `x: [N, d_in]`: `how='live'` the method's own rule (concepts with members), 'all' argmin over all codes."
+    if how == "live" or getattr(method, "counts", None) is None or bool((method.counts > 0).all()): return method.assign(x)
+    if how != "all": raise ValueError(f"how={how!r}: use 'live' or 'all'")
+    from clvq_nb.baselines import nearest_centroid
+    if hasattr(method, "model"):  # (CL)VQ-VAE: nearest of all codes in the encoder's space
+        with torch.no_grad(): return nearest_centroid(method.model.encoder(x.float()).float(), method.model.concept_vectors().float())
+    if hasattr(method, "centroids"): return nearest_centroid(x.float(), method.centroids.float())
+    if hasattr(method, "pre_acts"):
+        with torch.no_grad(): return method.pre_acts(x.float()).argmax(1)
+    return method.assign(x)
+
+def _random_bases(ranks: torch.Tensor, d: int, seed: int) -> torch.Tensor:
+    "Per-sentence orthonormal bases of `ranks[i]` Gaussian directions, zero-padded: `[S, d, r_max]`."
+    S, r_max = len(ranks), int(ranks.max())
+    R = random_directions(d, r_max, seed=seed, n=S).double()
+    Q = torch.zeros(S, d, r_max, dtype=torch.float64)
+    for i in range(S): Q[i, :, :int(ranks[i])] = orthonormal_basis(R[i, :int(ranks[i])])
+    return Q
+
+def _other_ids(ids: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    "For each id, a random member of `pool` other than it (the id itself only when the pool has nothing else)."
+    out = rng.choice(pool, len(ids))
+    for _ in range(100):
+        same = (out == ids) & (len(pool) > 1)
+        if not same.any(): break
+        out[same] = rng.choice(pool, int(same.sum()))
+    return out
+
+def _swap_ids(ids: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    "For each sentence, the concept of a random sentence with another label."
+    out = np.empty_like(ids)
+    for c in np.unique(y):
+        others = np.flatnonzero(y != c)
+        if len(others) == 0: raise ValueError("the swap control needs sentences of at least two labels")
+        m = y == c; out[m] = ids[rng.choice(others, int(m.sum()))]
+    return out
+
+def _fold_correct(net: FoldProbes, Z: torch.Tensor, y: torch.Tensor, splits) -> np.ndarray:
+    "`[S]` bool: each sentence scored by the probe of the fold that held it out."
+    with torch.no_grad(): pred = net.logits_all(Z.float()).argmax(-1)           # [F, S]
+    ok = np.zeros(len(y), dtype=bool)
+    for f, (_, te) in enumerate(splits): ok[te] = (pred[f, te] == y[te]).numpy()
+    return ok
+
+def bootstrap_accuracy(correct: dict[str, np.ndarray], base: str = "original", n: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> dict:
+    """Accuracy of each condition in `correct` (`{name: [S] bool}`, the same sentences) and its relative drop from
+    `base`, with percentile bootstrap intervals over sentences -> `{acc_<name>: (mean, low, high), drop_<name>: ...}`."""
+    names = list(correct); S = len(correct[names[0]])
+    C = np.stack([np.asarray(correct[k], dtype=float) for k in names])          # [n_cond, S]
+    acc = C.mean(1); b = names.index(base)
+    def drop(a): return (a[b] - a) / np.where(a[b] > 0, a[b], np.nan)
+    out = {}
+    if n > 0:
+        idx = np.random.default_rng(seed).integers(0, S, (n, S))
+        A = C[:, idx].mean(2)                                                  # [n_cond, n]
+        lo, hi = 50 * (1 - level), 100 - 50 * (1 - level)
+        qa, qd = np.nanpercentile(A, [lo, hi], axis=1), np.nanpercentile(drop(A), [lo, hi], axis=1)
+    for i, k in enumerate(names):
+        ci = (qa[0, i], qa[1, i]) if n > 0 else (acc[i], acc[i])
+        out[f"acc_{k}"] = (float(acc[i]), float(ci[0]), float(ci[1]))
+        if i != b:
+            dci = (qd[0, i], qd[1, i]) if n > 0 else (drop(acc)[i],) * 2
+            out[f"drop_{k}"] = (float(drop(acc)[i]), float(dci[0]), float(dci[1]))
+    return out
+
+# %% ../nbs/09_metrics.ipynb #0ee95a8a
+def _method_name(method) -> str: return str(getattr(method, "name", type(method).__name__))
+
+def _concept_dirs(method, ids, allow_empty: bool) -> list[torch.Tensor]:
+    "Concept direction(s) per id, one tensor object per distinct id (so bases are computed once)."
+    vec = {}
+    for k in sorted(set(int(i) for i in ids)):
+        try: v = method.concept_vector(k, allow_empty=True) if allow_empty else method.concept_vector(k)
+        except TypeError: v = method.concept_vector(k)         # a method without empty concepts
+        if v is None or torch.as_tensor(v).numel() == 0:
+            raise ValueError(f"{_method_name(method)}: concept {k} has no vector, yet it is a removed concept; "
+                             "use assign='live' (concepts with members)")
+        v = torch.as_tensor(v).double()
+        vec[k] = v
+    return [vec[int(i)] for i in ids]
+
+def evaluate_protocol(method, cache, layer: int, salient, protocol: EvalProtocol | str = "sound",
+                      mean: torch.Tensor | None = None, labels: Sequence[int] | None = None, seed: int = 0,
+                      progress: bool = False, keep_cos: bool = False) -> dict:
+    """Concept removal of `method` on the sentences of `cache` (dev) under `protocol`, with the controls; one flat row.
+
+    `salient`: a `clvq_nb.concepts.SalientTokens` computed with `protocol.salient_kwargs(layer)` (the tag may
+    be salient under `paper`); `mean: [d]` the train-token mean of `layer` (needed when `protocol.projection
+    == 'centred'`; `layer_mean(train_cache, layer)`); `labels: [S]` overrides `protocol.labels`.
+    Columns: method, protocol, protocol_flag ("test-fold early stopping" under the leak, else ""), acc_original /
+    acc_removed / acc_random (the protocol's control) / acc_random_gaussian / acc_random_code / acc_swap /
+    acc_amnesic / acc_amnesic_random, each with _ci_low/_ci_high (bootstrap over sentences), relative_drop,
+    random_relative_drop, code_relative_drop, swap_relative_drop (+ intervals), drop_vs_random, cos_mean,
+    cos_abs_mean, cos_q05/q50/q95, n_sentences, n_dropped, n_tag_salient, n_concepts_used, folds, seed."""
+    P = EvalProtocol.preset(protocol) if isinstance(protocol, str) else protocol
+    rows = salient.rows(cache) if hasattr(salient, "rows") else salient_rows(cache, salient)
+    ok = rows >= 0
+    if not ok.any(): raise ValueError("no sentence has a salient token inside the cache: check the salient tokens")
+    y_all = sentence_labels(cache, P.labels) if labels is None else np.asarray(labels)
+    if len(y_all) != len(rows): raise ValueError(f"labels has {len(y_all)} entries for {len(rows)} sentences")
+    if P.projection == "centred" and mean is None:
+        raise ValueError("protocol.projection='centred' needs mean= (the train-token mean of the layer: layer_mean(train_cache, layer))")
+    X = sentence_vectors(cache, layer, "tag")[torch.as_tensor(ok)]
+    y = torch.as_tensor(y_all[ok]).long(); S, d = X.shape
+    with torch.no_grad():
+        tok = torch.as_tensor(cache.layer(layer)[torch.as_tensor(rows[ok])]).float()
+        ids = assign_concepts(method, tok, P.assign).long().numpy()
+    mu = torch.as_tensor(mean).double() if P.projection == "centred" else None
+    allow_empty = P.assign == "all"
+    counts = getattr(method, "counts", None)
+    pool = np.arange(method.n_concepts) if (allow_empty or counts is None) else np.flatnonzero(np.asarray(counts) > 0)
+    rng = np.random.default_rng(seed + 2)
+    conds = {"removed": ids, "random_code": _other_ids(ids, pool, rng), "swap": _swap_ids(ids, y.numpy(), rng)}
+    dirs = {k: _concept_dirs(method, v, allow_empty) for k, v in conds.items()}
+    Qs = {k: _bases(D, S, d)[0] for k, D in dirs.items()}
+    ranks = torch.tensor([int((Qs["removed"][i].abs().sum(0) > 0).sum()) for i in range(S)])
+    Qs["random_gaussian"] = _random_bases(ranks, d, seed + 1)
+    Z = {"original": X, **{k: centred_project_out(X, Q, mu) for k, Q in Qs.items()}}
+    # (d) cos(tag, removed concept): signed, with the concept's first direction, of the (centred) tag vector
+    Xc = (X.double() - mu) if mu is not None else X.double()
+    u = Qs["removed"][:, :, 0]
+    first = torch.stack([v.reshape(-1, d)[0] for v in dirs["removed"]])
+    sign = torch.sign((first * u).sum(1)); sign[sign == 0] = 1
+    cos = ((Xc * u).sum(1) * sign / Xc.norm(dim=1).clamp(min=1e-12)).numpy()
+    # the probe, trained once on the original vectors; amnesic probes retrained on the removed ones
+    splits = stratified_folds(y.numpy(), P.folds, seed)
+    kw = dict(P.probe_kwargs(), seed=seed, progress=progress, val_sets=[te for _, te in splits] if P.leak else None)
+    net, info = train_fold_probes(X, y, splits, **kw)
+    correct = {k: _fold_correct(net, Z[k], y, splits) for k in ("original", "removed", "random_gaussian", "random_code", "swap")}
+    for name, k in (("amnesic", "removed"), ("amnesic_random", "random_gaussian")):
+        correct[name] = _fold_correct(train_fold_probes(Z[k], y, splits, **kw)[0], Z[k], y, splits)
+    correct["random"] = correct["random_gaussian" if P.random_control == "gaussian" else "random_code"]
+    bs = bootstrap_accuracy(correct, "original", P.bootstrap, P.level, seed)
+    row = {"method": _method_name(method), "protocol": P.name, "protocol_flag": P.flag, "layer": int(layer), "seed": int(seed)}
+    for k, (m, lo, hi) in bs.items():
+        col = {"drop_removed": "relative_drop", "drop_random": "random_relative_drop", "drop_random_code": "code_relative_drop",
+               "drop_swap": "swap_relative_drop"}.get(k, k)
+        if col.startswith("drop_"): continue
+        row[col], row[col + "_ci_low"], row[col + "_ci_high"] = m, lo, hi
+    row["drop_vs_random"] = _ratio(row["relative_drop"], row["random_relative_drop"])
+    row.update(cos_mean=float(cos.mean()), cos_abs_mean=float(np.abs(cos).mean()),
+               **{f"cos_q{q:02d}": float(np.quantile(cos, q / 100)) for q in (5, 50, 95)},
+               n_sentences=int(S), n_dropped=int((~ok).sum()), n_tag_salient=int(np.asarray(getattr(salient, "tag", np.zeros(len(rows))))[ok].sum()),
+               n_concepts_used=int(len(set(ids.tolist()))), folds=int(P.folds), probe_epochs_run=int(info["epochs_run"]))
+    if keep_cos: row["cos_values"] = cos.tolist()
+    return row
+
+# %% ../nbs/09_metrics.ipynb #db079672
+def aggregate_seeds(rows, by: Sequence[str] = ("protocol", "method"), level: float = 0.95):
+    "Mean and `level` t-interval across seeds of every numeric metric of `rows` (list of dicts or DataFrame), per `by` group."
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    if df.empty: raise ValueError("no rows to aggregate")
+    skip = set(by) | {"seed", "layer", "folds"}
+    num = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+           and not c.endswith(("_ci_low", "_ci_high"))]
+    out = []
+    for key, g in df.groupby(list(by), sort=False):
+        r = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        r["n_seeds"] = int(g["seed"].nunique()) if "seed" in g else len(g)
+        if "protocol_flag" in g: r["protocol_flag"] = next((f for f in g["protocol_flag"] if f), "")
+        for c in num:
+            v = g[c].dropna().to_numpy(dtype=float)
+            if len(v) == 0: continue
+            m, lo, hi = t_interval(v[np.isfinite(v)] if np.isfinite(v).any() else v, level)
+            r[c], r[c + "_seed_ci_low"], r[c + "_seed_ci_high"] = m, lo, hi
+        out.append(r)
+    return pd.DataFrame(out)
+
+def run_ablation(evaluate, methods=None, fit=None, base: EvalProtocol | str = "sound", target: EvalProtocol | str = "paper",
+                 points: Sequence[str] | None = None, log=print):
+    """Switch one protocol point at a time from `base` to `target` and evaluate every method.
+
+    `evaluate(protocol, methods) -> list of row dicts` (e.g. salient tokens under the protocol, then
+    `evaluate_protocol` per method); `methods`: `{name: method}` fitted under `base` (used for every
+    evaluation-side variant) or `{variant: {name: method}}`; `fit(protocol) -> {name: method}` fits the
+    training-side variants (and the base when `methods` is None). Returns a DataFrame with `variant`,
+    `point`, `side` columns; training-side variants without methods or `fit` are skipped and logged."""
+    import pandas as pd
+    variants = ablation_protocols(base, target, points)
+    per_variant = isinstance(methods, dict) and methods and all(k in variants for k in methods) and all(isinstance(v, dict) for v in methods.values())
+    rows = []
+    for name, (proto, side) in variants.items():
+        if per_variant and name in methods: ms = methods[name]
+        elif side == "train" or methods is None:
+            if fit is None:
+                log(f"[ablation] {name}: a training-side point; pass fit= or methods[{name!r}] to include it (skipped)"); continue
+            ms = fit(proto)
+        else: ms = methods["base"] if per_variant else methods
+        for r in evaluate(proto, ms): rows.append({"variant": name, "point": name if name != "base" else "", "side": side, **r})
+    return pd.DataFrame(rows)
+
+def ablation_figure(table, metric: str = "relative_drop", title: str | None = None):
+    "Plotly bars: `metric` per ablation variant (x) and method (colour), with the bootstrap interval when present."
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for m, g in table.groupby("method", sort=False):
+        err = None
+        if f"{metric}_ci_low" in g:
+            err = dict(type="data", symmetric=False, array=(g[f"{metric}_ci_high"] - g[metric]).tolist(),
+                       arrayminus=(g[metric] - g[f"{metric}_ci_low"]).tolist())
+        fig.add_bar(x=g["variant"].tolist(), y=g[metric].tolist(), name=str(m), error_y=err)
+    fig.update_layout(barmode="group", template="plotly_white", yaxis_title=metric, xaxis_title="protocol point switched to the paper's",
+                      title=title or f"Ablation from 'sound': {metric} per switched point")
+    return fig
+
+# %% ../nbs/09_metrics.ipynb #c133e2e0
+@contextlib.contextmanager
+def hidden_hooks(model, edits: dict):
+    "Forward hooks: `edits = {layer: fn(h [B, T, d]) -> h}` replace `hidden_states[layer]` while the context is open."
+    from clvq_nb.concepts import hidden_state_module
+    def hook_for(fn):
+        def hook(mod, inp, out):
+            if isinstance(out, tuple): return (fn(out[0]),) + tuple(out[1:])
+            return fn(out)
+        return hook
+    handles = [hidden_state_module(model, l).register_forward_hook(hook_for(fn)) for l, fn in sorted(edits.items())]
+    try: yield
+    finally:
+        for h in handles: h.remove()
+
+def project_edit(mask: torch.Tensor, Q: torch.Tensor, mu: torch.Tensor | None = None, delta: torch.Tensor | None = None):
+    """Edit of `h: [B, T, d]` at positions `mask: [B, T]`: remove span(`Q[b]`: [d, r]) (centred at `mu: [d]` when
+    given), then add `delta: [B, d]` when given. A zero `Q` and no `delta` leave `h` unchanged."""
+    def fn(h):
+        m = mask.to(h.device)[..., None].to(h.dtype)
+        q = Q.to(h.device, h.dtype)
+        c = h - (mu.to(h.device, h.dtype) if mu is not None else 0)
+        out = h - m * torch.einsum("btr,bdr->btd", torch.einsum("btd,bdr->btr", c, q), q)
+        if delta is not None: out = out + m * delta.to(h.device, h.dtype)[:, None, :]
+        return out
+    return fn
+
+def _encode(tokenizer, words: list[list[str]], max_length: int, device):
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return enc, {k: v.to(device) for k, v in enc.items()}
+
+def _word_positions(enc, b: int, word: int, tag: bool) -> list[int]:
+    "Token positions of word `word` of row `b` (the tag's position when `tag`)."
+    wid = enc.word_ids(b)
+    if tag: return [next(t for t, w in enumerate(wid) if w is None)]
+    return [t for t, w in enumerate(wid) if w == word]
+
+@torch.no_grad()
+def _logits(model, inputs, edits: dict | None = None) -> torch.Tensor:
+    if not edits: return model(**inputs).logits
+    with hidden_hooks(model, edits): return model(**inputs).logits
+
+def _codebook(method):
+    "(encode x -> z, codes [K, d]) of a VQ method, or None."
+    if not hasattr(method, "model") or not hasattr(method.model, "concept_vectors"): return None
+    return (lambda x: method.model.encoder(x.float()).float()), method.model.concept_vectors().float()
+
+@torch.no_grad()
+def causal_removal(model, tokenizer, words_per_text: Sequence[Sequence[str]], salient, method, layer: int,
+                   labels: Sequence[int], protocol: EvalProtocol | str = "sound", mean: torch.Tensor | None = None,
+                   seed: int = 0, batch_size: int = 32, max_length: int = 128, progress: bool = False) -> dict:
+    """Remove each sentence's salient-token concept from that token's hidden states at `layer` (= `l_in`) and run on.
+
+    `words_per_text`, `salient` (`SalientTokens`) and `labels: [S]` (gold) of the dev sentences; `mean: [d]`
+    the train-token mean of `layer` (for `protocol.projection == 'centred'`). The token's concept comes from its
+    hidden state in this forward pass (pieces averaged), under `protocol.assign`. Returns accuracies (`acc_clean`,
+    `acc_removed`, `acc_random_removed`; for VQ methods `acc_swap`, `acc_random_swap`), flip rates against the
+    clean predictions (`flip_removed`, ...) and `n_sentences`."""
+    P = EvalProtocol.preset(protocol) if isinstance(protocol, str) else protocol
+    words = [list(map(str, w)) for w in words_per_text]; y = np.asarray(labels)
+    if len(words) != len(y) or len(words) != len(salient.index):
+        raise ValueError(f"{len(words)} sentences, {len(y)} labels and {len(salient.index)} salient tokens: give one of each per sentence")
+    if P.projection == "centred" and mean is None: raise ValueError("protocol.projection='centred' needs mean= (layer_mean(train_cache, layer))")
+    mu = torch.as_tensor(mean).float() if P.projection == "centred" else None
+    allow_empty = P.assign == "all"
+    counts = getattr(method, "counts", None)
+    pool = np.arange(method.n_concepts) if (allow_empty or counts is None) else np.flatnonzero(np.asarray(counts) > 0)
+    rng = np.random.default_rng(seed + 3)
+    cb = _codebook(method)
+    was = model.training; model.eval(); dev = next(model.parameters()).device
+    items = np.flatnonzero((np.asarray(salient.index) >= 0) | np.asarray(salient.tag))
+    res = {k: [] for k in ("clean", "removed", "random_removed") + (("swap", "random_swap") if cb else ())}
+    kept = []
+    try:
+        for b0 in tqdm(range(0, len(items), batch_size), desc="causal removal", disable=not progress, leave=False):
+            batch = items[b0:b0 + batch_size]
+            enc, inputs = _encode(tokenizer, [words[i] for i in batch], max_length, dev)
+            out = model(**inputs, output_hidden_states=True); H = out.hidden_states[layer].float()
+            pos = [_word_positions(enc, r, int(salient.index[i]), bool(salient.tag[i])) for r, i in enumerate(batch)]
+            good = [r for r, p in enumerate(pos) if p]
+            if not good: continue
+            sel = torch.as_tensor(good)
+            mask = torch.zeros(H.shape[:2], dtype=torch.bool)
+            for r in good: mask[r, pos[r]] = True
+            x = torch.stack([H[r, pos[r]].mean(0) for r in good]).cpu()        # [B', d] the word's vector
+            ids = assign_concepts(method, x, P.assign).long().numpy()
+            inp = {k: v[sel.to(v.device)] for k, v in inputs.items()}; m = mask[sel]
+            B, d = len(good), H.shape[-1]
+            def edit(ks, delta=None):
+                Q = _bases(_concept_dirs(method, ks, allow_empty), B, d)[0] if ks is not None else torch.zeros(B, d, 1)
+                return {layer: project_edit(m, Q, mu if ks is not None else None, delta)}
+            res["clean"].append(out.logits[sel.to(dev)].argmax(-1).cpu())
+            res["removed"].append(_logits(model, inp, edit(ids)).argmax(-1).cpu())
+            res["random_removed"].append(_logits(model, inp, edit(_other_ids(ids, pool, rng))).argmax(-1).cpu())
+            if cb:
+                enc_fn, C = cb
+                live = torch.as_tensor(pool)
+                order = live[torch.cdist(enc_fn(x), C[live]).argsort(1)]            # codes by distance, nearest first
+                own, nxt = order[:, 0], order[:, 1]
+                rnd = torch.as_tensor(_other_ids(own.numpy(), pool, rng))
+                res["swap"].append(_logits(model, inp, edit(None, C[nxt] - C[own])).argmax(-1).cpu())
+                res["random_swap"].append(_logits(model, inp, edit(None, C[rnd] - C[own])).argmax(-1).cpu())
+            kept.append(batch[good])
+    finally: model.train(was)
+    idx = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    if len(idx) == 0: raise ValueError("no sentence has a salient token the tokenizer kept: nothing to intervene on")
+    pred = {k: torch.cat(v).numpy() for k, v in res.items()}
+    out = {"method": _method_name(method), "protocol": P.name, "layer": int(layer), "seed": int(seed), "n_sentences": int(len(idx))}
+    for k, p in pred.items():
+        out[f"acc_{k}"] = float((p == y[idx]).mean())
+        if k != "clean": out[f"flip_{k}"] = float((p != pred["clean"]).mean())
+    return out
+
+def _token_word_ids(enc, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "`word_ids [B, T]` (-1 for special / pad) and `tag_pos [B]` (the first special token) of a batch encoding."
+    wid = torch.tensor([[-1 if w is None else w for w in enc.word_ids(b)] for b in range(B)], dtype=torch.long)
+    real = enc["attention_mask"].bool().cpu()
+    tag = ((wid < 0) & real).long().argmax(1)
+    return wid, tag
+
+def splice_positions(enc) -> torch.Tensor:
+    "`[B, T]` bool: the tag and the word pieces of a batch (the positions a splice replaces; not [SEP] or padding)."
+    B, T = enc["input_ids"].shape
+    wid, tag = _token_word_ids(enc, B, T)
+    m = wid >= 0; m[torch.arange(B), tag] = True
+    return m
+
+@torch.no_grad()
+def _reconstruct(method, rows: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+    "The method's reconstruction of word-level `rows: [N, d_in]` (sentence `sent: [N]`, tag first) -> `[N, d_out]`."
+    if hasattr(method, "model"):                                   # (CL)VQ-VAE: decode each sentence's code sequence
+        B = int(sent.max()) + 1; n = torch.bincount(sent, minlength=B); Tm = int(n.max())
+        pos = torch.arange(len(sent)) - (torch.cumsum(n, 0) - n)[sent]
+        x = torch.zeros(B, Tm, rows.shape[1]); mask = torch.zeros(B, Tm, dtype=torch.bool)
+        x[sent, pos] = rows.float(); mask[sent, pos] = True
+        return method.model.eval()(x, mask).recon[mask].float()
+    if hasattr(method, "decode") and hasattr(method, "encode"): return method.decode(method.encode(rows.float())).float()
+    if hasattr(method, "centroids"): return method.centroids[method.assign(rows.float())].float()
+    raise TypeError(f"{_method_name(method)}: no reconstruction (needs a VQ model, SAE encode/decode, or centroids)")
+
+def method_splice(method, merge: str = "mean"):
+    """`(layer, fn)` splicing `method`'s reconstruction: `fn(hidden_states, enc) -> [B, T, d]` at `layer = method.l_out`
+    (CLVQ-VAE, SAE: l_out; VQ-VAE, clustering: l_in). Pieces are merged to words by `merge` like the cache."""
+    from clvq_nb.activations import merge_subwords
+    def fn(hs, enc):
+        h = hs[method.l_in].float().cpu(); B, T, _ = h.shape
+        wid, tag = _token_word_ids(enc, B, T)
+        rows, sent, word = merge_subwords(h, wid, tag, merge)
+        rec = _reconstruct(method, rows, sent)                      # [N, d_out]
+        table = torch.zeros(B, int(wid.max()) + 2, dtype=torch.long)
+        table[sent, word + 1] = torch.arange(len(sent))
+        out = rec[table[torch.arange(B)[:, None], wid + 1]]         # word pieces -> their word's row; -1 -> the tag's row
+        out[torch.arange(B), tag] = rec[table[torch.arange(B), 0]]
+        return out
+    return int(method.l_out), fn
+
+@torch.no_grad()
+def splice_accuracy(model, tokenizer, words_per_text: Sequence[Sequence[str]], labels: Sequence[int], layer: int,
+                    replacements: dict, batch_size: int = 32, max_length: int = 128, progress: bool = False) -> dict:
+    """Dev accuracy with `hidden_states[layer]` replaced at the tag and word pieces (`splice_positions`) by each of
+    `replacements = {name: fn(hidden_states, enc) -> [B, T, d]}` (the clean pass's hidden states are given); also
+    `acc_clean`. Returns `{acc_clean, acc_<name>...}`."""
+    words = [list(map(str, w)) for w in words_per_text]; y = torch.as_tensor(np.asarray(labels))
+    was = model.training; model.eval(); dev = next(model.parameters()).device
+    hits = {k: 0 for k in ["clean", *replacements]}
+    try:
+        for b0 in tqdm(range(0, len(words), batch_size), desc="splice", disable=not progress, leave=False):
+            enc, inputs = _encode(tokenizer, words[b0:b0 + batch_size], max_length, dev)
+            yb = y[b0:b0 + batch_size]
+            out = model(**inputs, output_hidden_states=True)
+            hits["clean"] += int((out.logits.argmax(-1).cpu() == yb).sum())
+            m = splice_positions(enc).to(dev)[..., None]
+            for name, fn in replacements.items():
+                new = fn(out.hidden_states, enc).to(dev)
+                lg = _logits(model, inputs, {layer: lambda h, new=new: torch.where(m, new.to(h.dtype), h)})
+                hits[name] += int((lg.argmax(-1).cpu() == yb).sum())
+    finally: model.train(was)
+    return {f"acc_{k}": v / max(len(words), 1) for k, v in hits.items()}
+
+def splice_report(model, tokenizer, words_per_text, labels, method, mean: torch.Tensor, merge: str = "mean", **kw) -> dict:
+    """Accuracy kept when `method`'s reconstruction replaces the hidden states at its layer, beside zero- and
+    mean-ablation (`mean: [d]` the train-token mean of that layer): `acc_clean, acc_splice, acc_zero, acc_mean,
+    kept` (= splice / clean), `recovered_vs_zero`, `recovered_vs_mean` ((splice - ablated) / (clean - ablated))."""
+    layer, fn = method_splice(method, merge)
+    mu = torch.as_tensor(mean).float()
+    r = splice_accuracy(model, tokenizer, words_per_text, labels, layer,
+                        {"splice": fn, "zero": lambda hs, enc: torch.zeros_like(hs[layer]),
+                         "mean": lambda hs, enc: mu.to(hs[layer].dtype).expand_as(hs[layer])}, **kw)
+    c = r["acc_clean"]
+    r.update(method=_method_name(method), layer=layer, kept=r["acc_splice"] / c if c > 0 else math.nan,
+             **{f"recovered_vs_{b}": (r["acc_splice"] - r[f"acc_{b}"]) / (c - r[f"acc_{b}"]) if c != r[f"acc_{b}"] else math.nan
+                for b in ("zero", "mean")})
+    return r

@@ -72,7 +72,7 @@ def test_merge_matches_loop(merge):
 
 
 def test_merge_unknown():
-    with pytest.raises(ValueError, match=r"accepted: \['mean', 'first'\]"):
+    with pytest.raises(ValueError, match=r"accepted: \['mean', 'first', 'last'\]"):
         merge_subwords(torch.zeros(1, 2, 3), torch.tensor([[-1, 0]]), torch.tensor([0]), "max")
 
 
@@ -264,7 +264,7 @@ def test_get_activations_reuses_and_rebuilds(tiny, home, monkeypatch):
     c4 = get_activations(run, dsd, [1, 3], progress=False, shard_tokens=20, batch_size=4)
     assert len(calls) == 4 and torch.equal(c4.layer(3)[:], ref)
     with pytest.raises(ValueError, match="has \\['train', 'dev'\\]"): get_activations(run, dsd, [1], split="test")
-    with pytest.raises(ValueError, match="unknown merge"): get_activations(run, dsd, [1], merge="last")
+    with pytest.raises(ValueError, match="unknown merge"): get_activations(run, dsd, [1], merge="max")
 
 
 # ---- memory --------------------------------------------------------------------------------------------------------
