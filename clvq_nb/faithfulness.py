@@ -5,7 +5,6 @@
 # %% ../nbs/11c_faithfulness.ipynb #fc42dca1
 from __future__ import annotations
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +39,7 @@ def fit_methods(p, P: EvalProtocol, seed: int, names: Sequence[str], out: Path, 
     "Each method of `names` fitted on `train_cache` with the experiment's settings, `seed` and the protocol's training side; saved in `out/<name>` and reused."
     from clvq_nb.baselines import get_method, load_method
     from clvq_nb.pipeline import method_for
-    cfg = replace(p.cfg, seed=seed, memory=P.decoder_memory)
+    cfg = p.cfg.replace(seed=seed, memory=P.decoder_memory)
     fs, ms = P.fit_settings(), {}
     for name in names:
         d = Path(out) / name
