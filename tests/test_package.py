@@ -88,7 +88,8 @@ def test_wheel_ships_notebooks_and_runs_main_outside_repo(tmp_path, tiny_model):
                cwd=outside, env=env)
     assert {p.relative_to(outside / "nbs").as_posix() for p in (outside / "nbs").rglob("*.ipynb")} == set(list_notebooks())
 
-    run_dir = tmp_path / "run"
+    shipped = Path(run_nb).parents[1]                   # site-packages/clvq_nb/nbs
+    before = sorted(p.relative_to(shipped) for p in shipped.rglob("*"))
     args = ["main", "--model", tiny_model, "--layer-in", 2, "--layer-out", 4, "--max-sentences", 240, "--codebook-size", 8,
             "--methods", "kmeans", "--folds", 2, "--ig-steps", 4, "--max-train", 200, "--quiet"]
     if "notebook_path" in inspect.getsource(cli):        # the CLI finds the packaged notebook itself
@@ -102,3 +103,4 @@ def test_wheel_ships_notebooks_and_runs_main_outside_repo(tmp_path, tiny_model):
     for f in ("run.ipynb", "report.html", "comparison.csv", "run.json"):
         assert (run_dir / f).exists(), f
     assert run_dir.is_relative_to(tmp_path / "home")
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*")) == before   # nothing written beside the installed notebook
