@@ -40,15 +40,15 @@ def notebook_path(name: str) -> Path:
     hits = [k for k in nbs if k == want or k.split("/", 1)[1] == want]
     if len(hits) == 1: return nbs[hits[0]]
     known = ", ".join(nbs) or "none (clvq_nb is installed without its notebooks: reinstall it from a wheel or sdist)"
-    if hits: raise ClvqError(f"notebook {name!r} is ambiguous ({', '.join(hits)}): pass the folder too, e.g. {hits[0]!r}")
-    raise ClvqError(f"no notebook {name!r}; known notebooks: {known}")
+    if hits: raise FileNotFoundError(f"notebook {name!r} is ambiguous ({', '.join(hits)}): pass the folder too, e.g. {hits[0]!r}")
+    raise FileNotFoundError(f"no notebook {name!r}; known notebooks: {known}")
 
 # %% ../nbs/11c_notebooks.ipynb #675c7c68
 def copy_notebooks(dest: str | Path, overwrite: bool = False) -> list[Path]:
     "Copy every experiment and explore notebook to `dest/<folder>/<name>.ipynb`; returns the written paths."
     dest = Path(dest)
     todo = {dest / name: src for name, src in list_notebooks().items()}
-    if not todo: raise ClvqError("no notebooks to copy: clvq_nb is installed without its notebooks (reinstall it from a wheel or sdist)")
+    if not todo: raise FileNotFoundError("no notebooks to copy: clvq_nb is installed without its notebooks (reinstall it from a wheel or sdist)")
     clash = [str(p) for p in todo if p.exists()]
     if clash and not overwrite:
         raise ClvqError(f"{len(clash)} notebook(s) already in {dest} ({clash[0]}, ...): pass overwrite=True (--overwrite) or another folder")
