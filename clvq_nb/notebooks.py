@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import clvq_nb
+from .config import ClvqError
 
 # %% auto #0
 __all__ = ['NOTEBOOK_FOLDERS', 'notebook_roots', 'list_notebooks', 'notebook_path', 'copy_notebooks']
@@ -50,7 +51,7 @@ def copy_notebooks(dest: str | Path, overwrite: bool = False) -> list[Path]:
     if not todo: raise FileNotFoundError("no notebooks to copy: clvq_nb is installed without its notebooks (reinstall it from a wheel or sdist)")
     clash = [str(p) for p in todo if p.exists()]
     if clash and not overwrite:
-        raise FileExistsError(f"{len(clash)} notebook(s) already in {dest} ({clash[0]}, ...): pass overwrite=True (--overwrite) or another folder")
+        raise ClvqError(f"{len(clash)} notebook(s) already in {dest} ({clash[0]}, ...): pass overwrite=True (--overwrite) or another folder")
     for out, src in todo.items():
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, out)

@@ -21,7 +21,7 @@ def cli_subcommands() -> set[str]:
 
 
 # Commands the prose may already name before the CLI has them (remove each once `cli_subcommands()` has it).
-PENDING_COMMANDS = {"notebooks": "clvq notebooks DIR (issue 11 item 7): clvq_nb.notebooks.copy_notebooks, wired by the CLI rewrite"}
+PENDING_COMMANDS: dict[str, str] = {}   # e.g. {"notebooks": "clvq notebooks DIR (issue 11 item 7), wired by the CLI rewrite"}
 # Mathematical notation written like a call in prose, not an API name.
 MATH = {"MSE", "exp", "log", "softmax", "argmin", "argmax", "max", "min"}
 # Names of other projects the prose refers to.

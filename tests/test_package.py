@@ -4,13 +4,12 @@ notebooks and the licence, and `clvq main` runs the experiment notebook from it,
 The slow test builds the sdist and the wheel (offline, `--no-isolation`), installs the wheel into a fresh virtual
 environment that reuses the installed dependencies through a `.pth` line (nothing is downloaded), and runs the
 main job on a tiny model from a folder outside the checkout."""
-import inspect, json, os, subprocess, sys, sysconfig, tarfile, zipfile
+import json, os, subprocess, sys, sysconfig, tarfile, zipfile
 from pathlib import Path
 
 import pytest
 
 import clvq_nb
-from clvq_nb import cli
 from clvq_nb.notebooks import NOTEBOOK_FOLDERS, list_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,22 +82,19 @@ def test_wheel_ships_notebooks_and_runs_main_outside_repo(tmp_path, tiny_model):
     assert Path(pkg_file).is_relative_to(venv) and Path(run_nb).is_relative_to(venv), probe.stdout
     assert Path(kernel_py).parent == py.parent, kernel_py        # papermill's kernel imports the wheel, not the checkout
 
-    if "notebooks" in cli.COMMANDS: _run([venv / "bin" / "clvq", "notebooks", outside / "nbs"], cwd=outside, env=env)
-    else: _run([py, "-c", "import sys; from clvq_nb.notebooks import copy_notebooks; copy_notebooks(sys.argv[1])", outside / "nbs"],
-               cwd=outside, env=env)
+    _run([venv / "bin" / "clvq", "notebooks", outside / "nbs"], cwd=outside, env=env)
     assert {p.relative_to(outside / "nbs").as_posix() for p in (outside / "nbs").rglob("*.ipynb")} == set(list_notebooks())
 
-    run_dir = tmp_path / "run"
+    shipped = Path(run_nb).parents[1]                   # site-packages/clvq_nb/nbs
+    before = sorted(p.relative_to(shipped) for p in shipped.rglob("*"))
     args = ["main", "--model", tiny_model, "--layer-in", 2, "--layer-out", 4, "--max-sentences", 240, "--codebook-size", 8,
             "--methods", "kmeans", "--folds", 2, "--ig-steps", 4, "--max-train", 200, "--quiet"]
-    if "notebook_path" in inspect.getsource(cli):        # the CLI finds the packaged notebook itself
-        cmd = [venv / "bin" / "clvq", *args]
-    else:                                               # until then: the same main, with find_notebook wired here
-        cmd = [py, "-c", "import sys; from clvq_nb import cli, notebooks; "
-               "cli.find_notebook = lambda *a: notebooks.notebook_path('experiments/run.ipynb'); sys.exit(cli.main(sys.argv[1:]))", *args]
+    cmd = [venv / "bin" / "clvq", *args]              # the console script: cli.find_notebook -> notebooks.notebook_path
     r = _run(cmd, cwd=outside, env=env)
     run_dir = Path(r.stdout.rsplit("run folder", 1)[1].split()[0])
-    assert "executing" in r.stdout and "run.ipynb" in r.stdout, r.stdout[-2000:]
+    assert "executing" in r.stdout, r.stdout[-2000:]
+    assert r.stdout.split("executing", 1)[1].split("->")[0].strip() == run_nb, r.stdout[-2000:]   # the wheel's notebook
     for f in ("run.ipynb", "report.html", "comparison.csv", "run.json"):
         assert (run_dir / f).exists(), f
     assert run_dir.is_relative_to(tmp_path / "home")
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*")) == before   # nothing written beside the installed notebook
