@@ -368,7 +368,7 @@ def summary(p: Prepared) -> dict:
             "train_cache": str(p.train_cache.path), "dev_cache": str(p.dev_cache.path),
             "timings_s": {k: round(v, 1) for k, v in p.timings.items()}, "peak_memory_mb": dict(p.peak_mb)}
 
-# %% ../nbs/11b_pipeline.ipynb #082c1467
+# %% ../nbs/11b_pipeline.ipynb #312b23a6
 from .viz import PAPER_REFERENCE  # the paper's row, as the comparison figure draws it
 
 def method_for(name: str, cfg: ExperimentConfig, out: Path):
@@ -406,21 +406,12 @@ def dev_salient(p: Prepared, run: Run, progress: bool = True):
                           cache_path=run.salient_json, progress=progress)
 
 def vq_metrics(method, cache, l_in: int, l_out: int, max_sentences: int = 512) -> dict:
-    "Perplexity, dead fraction and reconstruction FVU of a (CL)VQ-VAE method on `cache` (first `max_sentences`)."
-    from clvq_nb.activations import collate_sentences
-    from clvq_nb.metrics import code_counts, fvu_from_sums, fvu_sums, usage_stats
-    m = method.model.eval()
+    "Perplexity, dead fraction and reconstruction FVU of a (CL)VQ-VAE method on `cache` (first `max_sentences`): the trainer's evaluator."
+    from torch.utils.data import Subset
+    from clvq_nb.trainer import evaluate_model
     ds = cache.sentence_pairs(l_in, l_out)
-    n = min(len(ds), max_sentences)
-    sums, counts = 0, torch.zeros(method.n_concepts, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(0, n, 64):
-            x, y, mask = collate_sentences([ds[j] for j in range(i, min(n, i + 64))])
-            out = m(x, mask)
-            counts += code_counts(out.indices, method.n_concepts, mask)
-            sums = sums + fvu_sums(out.recon, y, mask)     # summed over batches: FVU about the dev mean, not each batch's
-    u = usage_stats(counts)
-    return {"fvu": fvu_from_sums(sums), **{k: u[k] for k in ("perplexity", "active_codes", "dead_fraction")}}
+    r = evaluate_model(method.model, Subset(ds, range(min(len(ds), max_sentences))))
+    return {k: r[k] for k in ("fvu", "perplexity", "active_codes", "dead_fraction")}
 
 # %% ../nbs/11b_pipeline.ipynb #8aec0753
 def open_run(cfg: ExperimentConfig) -> Run:
