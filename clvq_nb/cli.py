@@ -46,7 +46,7 @@ def print_table(t) -> None:
     cols = [c for c in ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "dev_fvu"] if c in t]
     print(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-# %% ../nbs/12_cli.ipynb #78c7bc9f
+# %% ../nbs/12_cli.ipynb #cc1f129d
 class Relay:
     "A file-like relay of a kernel's stream output to `out`, remembering the last stage line and when anything arrived."
     def __init__(self, out=None):
@@ -74,7 +74,7 @@ def execute_notebook(nb: Path, out_nb: Path, params: dict, quiet_s: float = 25.0
     os.environ["CLVQ_TEXT_PROGRESS"] = "1"   # the kernel inherits it: text progress bars
     if stream: beat.start()
     try:
-        pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name="python3", cwd=str(nb.parent),
+        pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name="python3", cwd=str(out_nb.parent),  # never the package folder
                             progress_bar=False, log_output=False,
                             stdout_file=relay if stream else None, stderr_file=relay if stream else None)
     finally:
