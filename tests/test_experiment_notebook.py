@@ -80,6 +80,7 @@ def _clvq_main(values: dict, home: Path):
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_every_option_reaches_the_notebook(tmp_path, tiny_model):
     "Every config field set to a non-default value on the command line is the executed notebook's config (run.json)."
     run_dir = tmp_path / "run"
@@ -97,6 +98,7 @@ def test_every_option_reaches_the_notebook(tmp_path, tiny_model):
     assert ExperimentConfig.from_dict(got).flat() == {**values, "output_dir": str(run_dir.resolve())}, out[-2000:]
 
 
+@pytest.mark.slow
 def test_clvq_main_streams_stage_lines_and_writes_the_report(tmp_path, tiny_model):
     "Stage lines arrive while the job runs, in order; the report opens with the headline and shows no code."
     run_dir = tmp_path / "run"
