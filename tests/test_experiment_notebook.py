@@ -85,7 +85,8 @@ def test_every_option_reaches_the_notebook(tmp_path, tiny_model):
     "Every config field set to a non-default value on the command line is the executed notebook's config (run.json)."
     run_dir = tmp_path / "run"
     values = dict(dataset=str(_csv(tmp_path / "reviews.csv")), max_sentences=200, text_col="review", label_col="sentiment",
-                  encoding="latin-1", model=str(tiny_model), finetune_epochs=2, max_train=100, layer_in=2, layer_out=4,
+                  encoding="latin-1", model=str(tiny_model), finetune_epochs=2, max_train=100, prompt_template="Review: {text}",
+                  verbalisers="bad,good", shots=2, sentence_vector="mean", lm_dtype="bfloat16", layer_in=2, layer_out=4,
                   merge="first", methods="kmeans", codebook_size=8, agglo_max_tokens=500, sae_epochs=2, profile="cpu",
                   top_k=2, temperature=0.5, memory="continuous", amp="off", epochs=2, train_steps=6, train_minutes=30.0,
                   ig_steps=4, folds=3, probe_labels="pred", seed=1, output_dir=str(run_dir), overwrite=True)
