@@ -38,7 +38,7 @@ def concept_color(k: int) -> str:
     r, g, b = colorsys.hls_to_rgb(h, 0.78, 0.65)
     return "#{:02x}{:02x}{:02x}".format(round(r * 255), round(g * 255), round(b * 255))
 
-# %% ../nbs/11_viz.ipynb #e85c8c50
+# %% ../nbs/11_viz.ipynb #57498377
 from .metrics import usage_stats  # perplexity, active codes, dead fraction of counts [K]: the one implementation
 
 def code_usage_figure(counts: Sequence[float], dead_threshold: float = 0, title: str = "Code usage",
@@ -326,8 +326,20 @@ def comparison_figure(table: pd.DataFrame | str | Path | Sequence[Mapping], refe
                       xaxis=dict(type="category"), legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
 
-# %% ../nbs/11_viz.ipynb #38dad72a
+# %% ../nbs/11_viz.ipynb #6e2d521e
 _HEADLINE_COLS = ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "live_concepts", "dev_fvu"]
+
+def _faithfulness_link(run, cfg: dict) -> str:
+    "Where this run's faithfulness analysis is (the authors' protocol beside a sound one, controls, causal tests), or how to make it."
+    import html
+    done = sorted(run.part_dir("faithfulness").glob("*.html")) if run.part_dir("faithfulness").is_dir() else []
+    if done: return " ".join(f"<a href='faithfulness/{p.name}'>{html.escape(p.name)}</a>" for p in done)
+    a = cfg.get("activations", {}); c = cfg.get("classifier", {}); d = cfg.get("data", {})
+    cmd = (f"papermill -k python3 nbs/experiments/faithfulness.ipynb {run.path / 'faithfulness' / 'faithfulness.ipynb'} "
+           f"-p dataset {d.get('dataset', 'movie')} -p model {c.get('model', 'default')} -p layer_in {a.get('layer_in')} "
+           f"-p layer_out {a.get('layer_out')}")
+    return ("the concept-removal numbers above use one protocol; the authors' protocol beside a sound one, with controls "
+            f"and causal tests: <code>{html.escape(cmd)}</code>")
 
 def headline_html(run) -> str:
     "HTML summary of a finished run folder (`clvq_nb.runs.Run` or a path): what ran, on what, and the comparison table."
@@ -354,7 +366,8 @@ def headline_html(run) -> str:
                 " (" + ", ".join(f"{e(k)} {v:.0f}" for k, v in stages.items()) + ")" if stages else "")),
             ("settings", e(", ".join(f"{k}={v}" for k, v in {**cfg.get("method", {}), **cfg.get("evaluation", {})}.items()))),
             ("paper", f"{e(PAPER_REFERENCE['method'])}: {PAPER_REFERENCE['acc_original']}% -> {PAPER_REFERENCE['acc_removed']}% "
-                      f"(random {PAPER_REFERENCE['acc_random']}%): a different model, data set and protocol")]
+                      f"(random {PAPER_REFERENCE['acc_random']}%): a different model, data set and protocol"),
+            ("faithfulness", _faithfulness_link(run, cfg))]
     facts = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
     return (f"<h2>Concept removal: {e(s.get('data_name', ''))} × {e(s.get('model', ''))}</h2><table>{facts}</table>"
             f"<h3>Probe accuracy on the dev sentence vectors (layer {cfg.get('activations', {}).get('layer_in', '')})</h3>"
