@@ -15,8 +15,8 @@ import torch
 # %% auto #0
 __all__ = ['clvq_home', 'package_dir', 'get_device', 'seed_everything', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'write_json', 'read_json', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError', 'git_commit',
-           'environment', 'text_progress', 'fault_point', 'ConfigMixin', 'reset_peak_memory', 'peak_memory_mb',
-           'track_memory']
+           'environment', 'text_progress', 'fault_point', 'ConfigMixin', 'reset_peak_memory', 'rss_mb',
+           'release_memory', 'peak_memory_mb', 'track_memory']
 
 # %% ../nbs/00_config.ipynb #af990963
 def clvq_home() -> Path:
@@ -192,7 +192,7 @@ class ConfigMixin:
         if bad: raise ValueError(f"{cls.__name__}: unknown field(s) {bad}; accepted: {sorted(names)}")
         return cls(**d)
 
-# %% ../nbs/00_config.ipynb #f60a40d9
+# %% ../nbs/00_config.ipynb #2cde37fc
 def _status_kb(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -207,6 +207,21 @@ def reset_peak_memory() -> bool:
         return True
     except OSError: return False
 
+def rss_mb() -> float:
+    "Resident memory of this process now, in MB."
+    kb = _status_kb("VmRSS")
+    if kb is None:
+        import psutil
+        return round(psutil.Process().memory_info().rss / 2**20, 1)
+    return round(kb / 1024, 1)
+
+def release_memory() -> None:
+    "Collect garbage and return freed heap pages to the system (glibc `malloc_trim`; a no-op elsewhere)."
+    import ctypes, ctypes.util, gc
+    gc.collect()
+    try: ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError): pass
+
 def peak_memory_mb() -> float:
     "Peak resident memory of this process in MB (since the last `reset_peak_memory`, where supported)."
     kb = _status_kb("VmHWM")
@@ -216,8 +231,9 @@ def peak_memory_mb() -> float:
     return round(kb / 1024, 1)
 
 @contextlib.contextmanager
-def track_memory(stage: str, into: dict) -> Iterator[None]:
-    "Record the peak RSS (MB) reached while the block runs as `into[stage]`."
+def track_memory(stage: str, into: dict, release: bool = True) -> Iterator[None]:
+    "Record the peak RSS (MB) reached while the block runs as `into[stage]` (after `release_memory()` when `release`)."
+    if release: release_memory()
     reset_peak_memory()
     try: yield
     finally: into[stage] = peak_memory_mb()
