@@ -255,14 +255,17 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
                    max_length: int = 128, method: str = "gausslegendre", absolute: bool = True,
                    site: str = "embeddings", layer: int | None = None, baseline: str = "pad", norm: str = "words",
                    merge: str = "max", exclude: str = "specials", targets: Sequence[int] | None = None,
-                   cache_path: str | Path | None = None, progress: bool = True) -> SalientTokens:
+                   cache_path: str | Path | None = None, progress: bool = True,
+                   max_pass_tokens: int | None = None) -> SalientTokens:
     """Top-1 token per sentence by Integrated Gradients (see the table above for `site`, `baseline`, `norm`,
     `merge`, `exclude`; `layer` is the block for `site='layer'`; `targets: [S]` attributes those classes instead of
     the predicted ones).
 
     `words_per_text[i]`: the words of `texts[i]` (default: `clvq_nb.data.word_tokenize`). Sentences go through
     the model `batch_size` at a time; captum evaluates `internal_batch_size` path points per pass (default:
-    `batch_size * min(n_steps, 64)`). With `cache_path` (a .json file) results are saved after every batch
+    `batch_size * min(n_steps, 64)`); `max_pass_tokens` caps path points x padded length per pass, so IG's
+    memory stays flat for long texts (None: no cap; a cap regroups captum's sums, so scores can move in the last
+    bits). With `cache_path` (a .json file) results are saved after every batch
     and reused by a later call with the same model, texts and settings. `absolute=True` ranks words by
     |score| (as the authors' code: a word that pushes strongly against the prediction is salient too);
     `absolute=False` by the signed score (words that support the predicted class)."""
@@ -287,7 +290,8 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     if targets is not None and len(targets) != len(texts): raise ValueError(f"{len(targets)} targets for {len(texts)} texts")
     S = len(texts)
     key = {"model": _model_fingerprint(model), "words": stable_hash(words, 16), "n_steps": n_steps,
-           "max_length": max_length, "method": method, "absolute": absolute}
+           "max_length": max_length, "method": method, "absolute": absolute,
+           **({"max_pass_tokens": max_pass_tokens} if max_pass_tokens else {})}
     if (site, baseline, norm, merge, exclude, targets) != ("embeddings", "pad", "words", "max", "specials", None):
         key.update(site=site, layer=layer, baseline=baseline, norm=norm, merge=merge, exclude=exclude,
                    targets=None if targets is None else stable_hash([int(t) for t in targets], 16))
@@ -319,7 +323,8 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
             with torch.no_grad(): pred = fwd(ids, am).argmax(-1)
             target = pred if targets is None else torch.tensor([int(targets[i]) for i in idx], device=dev)
             attr = lig.attribute(inputs=ids, baselines=base, target=target, additional_forward_args=(am,),
-                                 n_steps=n_steps, method=method, internal_batch_size=ibs)
+                                 n_steps=n_steps, method=method,
+                                 internal_batch_size=ibs if not max_pass_tokens else max(len(idx), min(ibs, max_pass_tokens // ids.shape[1])))
             if isinstance(attr, (tuple, list)): attr = attr[0]
             a = attr.sum(-1).detach().float().cpu().numpy()                       # [B, T]
             real = am.bool().cpu().numpy()

@@ -97,6 +97,10 @@ def test_salient_token_finds_planted_word(planted, tmp_path):
     assert np.array_equal(st2.index, st.index)
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(st.scores, st2.scores))
     assert len(json.loads(p.read_text())["done"]) == len(sents)
+    # a cap on path points x length per pass (flat memory for long texts): same words, scores equal to float precision
+    st3 = salient_tokens(model, tok, [" ".join(s) for s in sents], sents, n_steps=24, batch_size=4, progress=False,
+                         max_pass_tokens=40)
+    assert np.array_equal(st3.index, st.index) and all(np.allclose(a, b, atol=1e-5) for a, b in zip(st.scores, st3.scores))
 
 
 def test_salient_subwords_merged_by_max_and_truncation(planted):
