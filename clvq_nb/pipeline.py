@@ -86,7 +86,7 @@ class ActivationConfig(ConfigMixin):
                f"must be >= layer_in ({self.layer_in}): the decoder reconstructs a higher layer")
         _choice("activations", "merge", self.merge, ("mean", "first"))
 
-# %% ../nbs/11b_pipeline.ipynb #539ae967
+# %% ../nbs/11b_pipeline.ipynb #3c5e42c6
 @dataclass
 class MethodConfig(ConfigMixin):
     "Which concept methods run, and their sizes."
@@ -141,11 +141,15 @@ class EvalConfig(ConfigMixin):
     ig_steps: int = 20                   # Integrated Gradients steps for the salient word (the paper: 500; CPU default 20)
     folds: int = 5                       # probe cross-validation folds (the paper: 20)
     probe_labels: str = "label"          # probe target: gold 'label' (as the authors) or the model's 'pred'
+    protocol: str = "none"               # also run the faithfulness protocols: 'paper', 'sound', 'both' or 'none' (see faithfulness.ipynb)
+    protocol_seeds: int = 1              # fits per method under the protocols (seeds seed .. seed+n-1; >= 3 gives intervals across seeds)
 
     def __post_init__(self):
         _check("evaluation", self.ig_steps >= 1, "ig_steps", self.ig_steps, "must be >= 1")
         _check("evaluation", self.folds >= 2, "folds", self.folds, "must be >= 2")
         _choice("evaluation", "probe_labels", self.probe_labels, ("label", "pred"))
+        _choice("evaluation", "protocol", self.protocol, ("none", "paper", "sound", "both"))
+        _check("evaluation", self.protocol_seeds >= 1, "protocol_seeds", self.protocol_seeds, "must be >= 1")
 
 # %% ../nbs/11b_pipeline.ipynb #d030a469
 _PARTS = {"data": DataConfig, "classifier": ClassifierConfig, "activations": ActivationConfig,
@@ -495,7 +499,7 @@ def run_method(name: str, p: Prepared, run: Run, salient, progress: bool = True,
         + f"  (fit {row['fit_seconds']}s, peak memory {peak_memory_mb():.0f} MB)")
     return row
 
-# %% ../nbs/11b_pipeline.ipynb #595677d6
+# %% ../nbs/11b_pipeline.ipynb #2a0871ff
 def dev_sentence_table(p: Prepared, salient, concepts: dict[str, np.ndarray]) -> pd.DataFrame:
     "One row per dev sentence of the cache: sid, text, label, pred, salient word, `concept_<method>` (-1: no salient word)."
     toks, off = p.dev_cache.tokens, np.asarray(p.dev_cache.sentence_offsets)
@@ -546,8 +550,17 @@ def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame:
     write_json(run.metrics_json, {"dev_accuracy": float(p.clf.dev_accuracy), "train_tokens": int(p.train_cache.n_tokens),
                                   "methods": {r["method"]: {k: r.get(k) for k in keep if k in r and pd.notna(r.get(k))}
                                               for r in table.to_dict("records")}})
+    sal_s_extra = {}
+    if cfg.protocol != "none":
+        from clvq_nb.faithfulness import faithfulness_report
+        log(f"[faithfulness] protocol {cfg.protocol}, {cfg.protocol_seeds} seed(s): refit and evaluate every method")
+        t1 = time.perf_counter()
+        with track_memory("faithfulness", mem):
+            faithfulness_report(p, cfg.protocol, seeds=tuple(range(cfg.seed, cfg.seed + cfg.protocol_seeds)), ig_steps=cfg.ig_steps,
+                                folds=cfg.folds, out_dir=run.part_dir("faithfulness"), progress=progress, log=log)
+        sal_s_extra = {"faithfulness_s": round(time.perf_counter() - t1, 1)}
     run.update_info(label_names=list(p.clf.label_names), summary=summary(p), environment=environment(),
-                    timings={"salient_s": round(sal_s, 1), "methods": timings}, peak_memory_by_stage_mb=mem,
+                    timings={"salient_s": round(sal_s, 1), **sal_s_extra, "methods": timings}, peak_memory_by_stage_mb=mem,
                     peak_memory_mb=max(mem.values()))
     return table
 

@@ -326,13 +326,13 @@ def comparison_figure(table: pd.DataFrame | str | Path | Sequence[Mapping], refe
                       xaxis=dict(type="category"), legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
 
-# %% ../nbs/11_viz.ipynb #6e2d521e
+# %% ../nbs/11_viz.ipynb #0a4a290f
 _HEADLINE_COLS = ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "live_concepts", "dev_fvu"]
 
 def _faithfulness_link(run, cfg: dict) -> str:
     "Where this run's faithfulness analysis is (the authors' protocol beside a sound one, controls, causal tests), or how to make it."
     import html
-    done = sorted(run.part_dir("faithfulness").glob("*.html")) if run.part_dir("faithfulness").is_dir() else []
+    done = sorted(q for q in run.part_dir("faithfulness").glob("*") if q.suffix in (".csv", ".html")) if run.part_dir("faithfulness").is_dir() else []
     if done: return " ".join(f"<a href='faithfulness/{p.name}'>{html.escape(p.name)}</a>" for p in done)
     a = cfg.get("activations", {}); c = cfg.get("classifier", {}); d = cfg.get("data", {})
     cmd = (f"papermill -k python3 nbs/experiments/faithfulness.ipynb {run.path / 'faithfulness' / 'faithfulness.ipynb'} "
