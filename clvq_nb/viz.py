@@ -88,7 +88,8 @@ def normalize_history(h: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for p, split in pref.items():
         cols = [c for c in metric_cols if c.startswith(p)]
-        if cols: parts.append(h[base + cols].rename(columns={c: c[len(p):] for c in cols}).assign(split=split))
+        new = {c: c[len(p):] for c in cols}   # an unprefixed column of the same name (the epoch line's dead_fraction) yields
+        if cols: parts.append(h[[b for b in base if b not in new.values()] + cols].rename(columns=new).assign(split=split))
     return pd.concat(parts, ignore_index=True).sort_values([c for c in ("epoch", "step") if c in base] or ["split"], kind="stable").reset_index(drop=True)
 
 def _as_history(history) -> pd.DataFrame:
