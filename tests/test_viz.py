@@ -75,7 +75,7 @@ def test_concept_records_accepts_objects_and_shapes():
 
 
 def test_heatmaps_data(demo):
-    m = load_run(demo)["vq"]
+    m = load_run(demo)["clvqvae"]
     s = m.sentence(m.sentence_ids[3])
     fig = token_concept_heatmap(s["words"], s["concepts"])
     z = np.asarray(fig.data[0].z)
@@ -84,7 +84,7 @@ def test_heatmaps_data(demo):
     assert [cols[int(np.argmax(row))] for row in z] == s["concepts"]      # each word's 1 sits under its concept
     fig = concept_label_heatmap(m.concepts, m.label_names, top=5)
     z = np.asarray(fig.data[0].z)
-    assert z.shape == (5, 2) and np.allclose(z.sum(1), 1) and list(fig.data[0].x) == ["negative", "positive"]
+    assert z.shape == (5, 2) and np.allclose(z.sum(1), 1) and list(fig.data[0].x) == list(m.label_names)
     sizes = [int(y.split("n=")[1].rstrip(")")) for y in fig.data[0].y]
     assert sizes == sorted(sizes, reverse=True)                            # largest concepts first
 
