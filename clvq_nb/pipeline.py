@@ -34,7 +34,7 @@ def _check(owner: str, ok: bool, name: str, value, fix: str) -> None:
 def _choice(owner: str, name: str, value, accepted) -> None:
     _check(owner, value in accepted, name, value, f"is not one of {list(accepted)}")
 
-# %% ../nbs/11b_pipeline.ipynb #5e19ae0b
+# %% ../nbs/11b_pipeline.ipynb #3a416dd2
 @dataclass
 class DataConfig(ConfigMixin):
     "Which sentences: a registry data set or a local file, capped for the CPU budget."
@@ -78,13 +78,13 @@ class ActivationConfig(ConfigMixin):
     "Which hidden states: the layer pair and how sub-words become words."
     layer_in: Optional[int] = None       # lower layer (hidden_states index; 0 = embeddings); None: the paper's relative depth
     layer_out: Optional[int] = None      # higher layer the decoder reconstructs; None: the model's last layer
-    merge: str = "mean"                  # sub-words -> word: mean or first
+    merge: str = "mean"                  # sub-words -> word: mean, first or last (the authors' NeuroX-style merge)
 
     def __post_init__(self):
         _check("activations", self.layer_in is None or self.layer_in >= 0, "layer_in", self.layer_in, "must be >= 0 (0 = the embeddings)")
         _check("activations", None in (self.layer_in, self.layer_out) or self.layer_out >= self.layer_in, "layer_out", self.layer_out,
                f"must be >= layer_in ({self.layer_in}): the decoder reconstructs a higher layer")
-        _choice("activations", "merge", self.merge, ("mean", "first"))
+        _choice("activations", "merge", self.merge, ("mean", "first", "last"))
 
 # %% ../nbs/11b_pipeline.ipynb #3c5e42c6
 @dataclass
