@@ -39,7 +39,7 @@ def rate(backend, prompt: str, names: Sequence[str], style: str, retries: int = 
         if all(v is not None for v in got.values()): break
     return {m: {"rating": got[m], "expected": None, "probs": None, "reply": reply[:2000], "attempts": attempts} for m in names}
 
-# %% ../nbs/10e_judge_run.ipynb #db55ad47
+# %% ../nbs/10e_judge_run.ipynb #33c83c8a
 def _rng(seed: int, sid: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(sid) & 0xFFFFFFFF])
 
@@ -64,9 +64,9 @@ def plant_controls(sentence: JudgeSentence, views: Mapping[int, Any], reference:
     def other_share(v):
         tot = sum(v.labels.values())
         return (1 - v.labels.get(pred, 0) / tot) if tot >= 5 and v.tag_share <= 0.5 and v.top_words else -1.0
-    ranked = sorted((i for i in vs if i != k and other_share(vs[i]) > 0.5), key=lambda i: (-other_share(vs[i]), i))[:5]
-    if not ranked: raise JudgeError(f"method {reference!r} has no concept whose sentences mostly carry a label other than "
-                                    f"{pred!r}: the other-label control needs concepts with label counts ('labels' in concepts.json)")
+    ranked = sorted((i for i in vs if i != k and other_share(vs[i]) >= 0), key=lambda i: (-other_share(vs[i]), i))[:5]
+    if not ranked: raise JudgeError(f"method {reference!r} has no concept with label counts of 5+ sentences: the other-label "
+                                    f"control needs them ('labels' in concepts.json; rerun `clvq compare`)")
     return {"control:real": real, "control:random": rand, "control:other": vs[int(rng.choice(ranked))]}
 
 # %% ../nbs/10e_judge_run.ipynb #7ae45f46
