@@ -163,19 +163,21 @@ def gemma_gguf_path() -> Path:
 LOCAL_JUDGES = {"gemma3-270m": gemma_gguf_path, "qwen2.5-coder-0.5b": qwen_gguf_path}
 DEFAULT_LOCAL_JUDGE = "gemma3-270m"
 
-# %% ../nbs/10c_backends.ipynb #5f860e50
+# %% ../nbs/10c_backends.ipynb #624a24ab
 def load_causal_lm(name_or_path: str = DEFAULT_LOCAL_JUDGE, device: str | None = None, dtype: str = "float32"):
     "(model, tokenizer) for a causal LM: a `LOCAL_JUDGES` name (offline), a hub name, a folder, or a .gguf file."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if name_or_path in LOCAL_JUDGES: name_or_path = str(LOCAL_JUDGES[name_or_path]())
-    kw = {}
+    kw, mkw = {}, {}
     if str(name_or_path).endswith(".gguf"):
+        from transformers import GgufConfig
         p = Path(name_or_path)
         if not p.exists(): raise JudgeError(f"GGUF file {p} does not exist")
         name_or_path, kw = str(p.parent), {"gguf_file": p.name}
+        mkw = {"quantization_config": GgufConfig(dequantize=True)}   # dense weights: packed 4-bit matmuls were slower on CPU
     tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype), **kw)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype), **kw, **mkw)
     return model.to(get_device(device)).eval(), tok
 
 class HFJudge:

@@ -10,8 +10,9 @@ from typing import Any, Mapping, Sequence
 from .judge import ConceptView, JudgeError
 
 # %% auto #0
-__all__ = ['TASK_GUIDANCE', 'RUBRIC', 'PAPER_GUIDANCE', 'PAPER_MEANINGS', 'concept_display', 'concept_text', 'build_prompt',
-           'paper_concept', 'build_paper_prompt', 'as_rating', 'parse_rating', 'parse_paper_reply', 'answer_prefixes']
+__all__ = ['TASK_GUIDANCE', 'RUBRIC', 'PAPER_GUIDANCE', 'PAPER_MEANINGS', 'TASK_LABELS', 'concept_display', 'concept_text',
+           'build_prompt', 'task_of', 'paper_concept', 'build_paper_prompt', 'as_rating', 'parse_rating',
+           'parse_paper_reply', 'answer_prefixes']
 
 # %% ../nbs/10b_prompts.ipynb #816805ad
 def concept_display(concept: ConceptView, n_words: int = 10, n_examples: int = 5, tag_threshold: float = 0.5,
@@ -56,7 +57,7 @@ def build_prompt(sentence: str, pred_name: str, concept: ConceptView, guidance: 
               concept_text(concept, **concept_kw), "", RUBRIC]
     return "\n".join(lines)
 
-# %% ../nbs/10b_prompts.ipynb #9de3f439
+# %% ../nbs/10b_prompts.ipynb #45c627c0
 PAPER_GUIDANCE = {
     "movie": ("Guidance for sentiment: reviews are often mixed. For a positive prediction accept concepts that suggest "
               "overall appreciation or enjoyment even when some criticism is present; for a negative prediction accept "
@@ -74,7 +75,17 @@ PAPER_GUIDANCE["movie-sst"] = PAPER_GUIDANCE["movie"]
 
 PAPER_MEANINGS = {"movie": ["Negative Sentiment Review", "Positive Sentiment Review"],
                   "movie-sst": ["Negative Sentiment Review", "Positive Sentiment Review"],
-                  "toxicity": ["Non-toxic Comment", "Toxic Comment"]}
+                  "toxicity": ["Non-toxic Comment", "Toxic Comment"],
+                  "news": ["World News", "Sports News", "Business News", "Science/Technology News"]}
+
+# the classes each guidance speaks about: a data set whose classes differ (an offline stand-in such as SMS spam
+# for toxicity, BBC topics for AG News) gets no task guidance, only its class names
+TASK_LABELS = {"movie": ["negative", "positive"], "movie-sst": ["negative", "positive"], "toxicity": ["non-toxic", "toxic"],
+               "news": ["World", "Sports", "Business", "Sci/Tech"]}
+
+def task_of(dataset: str, label_names: Sequence[str]) -> str | None:
+    "The guidance key of `dataset` when its classes are the ones that guidance describes, else None."
+    return dataset if list(TASK_LABELS.get(dataset, [None])) == [str(x) for x in label_names] else None
 
 def paper_concept(concept: ConceptView | None, n_words: int = 10, n_sentences: int = 5, min_len: int = 5,
                   max_len: int = 30) -> tuple[str, list[str]] | None:

@@ -129,3 +129,17 @@ def test_validity_random_flagged_truth_not(tmp_path, style):
     assert v.cannot_discriminate.to_dict() == {"fake:overlap": False, "fake:random": True}
     assert v.auc_random["fake:overlap"] > 0.8 and v.p_random["fake:overlap"] < 0.05
     assert (ok.method.str.startswith("control:")).sum() == 3 * 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gemma3-270m", "qwen2.5-coder-0.5b"])
+def test_offline_judges_score_a_paper_prompt(name):
+    "Each offline judge loads from its registry packages and gives rating probabilities for every method of one prompt."
+    from clvq_nb.judge_backends import make_backend
+    from clvq_nb.judge_prompts import PAPER_MEANINGS
+    sents, concepts, names = demo_inputs()
+    s = sents[1]
+    prompt = build_paper_prompt(s.text, names[s.pred], PAPER_MEANINGS["movie"][s.pred],
+                                {m: concepts[m][k] for m, (_, k) in s.salient.items()}, PAPER_GUIDANCE["movie"])
+    ps = make_backend(name).score(prompt, answer_prefixes("paper", list(s.salient)))
+    assert len(ps) == 2 and all(abs(sum(p) - 1) < 1e-4 for p in ps)
