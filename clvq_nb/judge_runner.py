@@ -270,15 +270,20 @@ def _reference(methods: Sequence[str], reference: str | None) -> str:
         return reference
     return next((m for m in methods if m.replace("-", "") == "clvqvae"), methods[0])
 
-# %% ../nbs/10e_judge_run.ipynb #70dc1687
+# %% ../nbs/10e_judge_run.ipynb #1c88230d
 def judge_run(run_dir: str | Path, judges, *, style: str = "paper", membership: str = "argmin", sampler: str = "paper",
               n: int = 100, seed: int | None = None, out: str | Path | None = None, methods: Sequence[str] | None = None,
-              validity: bool = True, reference: str | None = None, drop_worst: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Judge a `clvq compare` run folder with `judges` (one or a list: backends or `make_backend` specs) over `n` sampled
-    dev sentences and every saved method; returns the ranking table (its text summary in `.attrs['text']`)."""
+              validity: bool = True, reference: str | None = None, drop_worst: bool = False, api_key_env: str | None = "OPENAI_API_KEY",
+              progress: bool = True) -> pd.DataFrame:
+    """Judge a `clvq compare` run folder with `judges` (one or a list: backends or `make_backend` specs, endpoint keys read
+    from the environment variable `api_key_env`) over `n` sampled dev sentences and every saved method; returns the
+    ranking table (its text summary in `.attrs['text']`)."""
     from clvq_nb.config import write_json
+    from clvq_nb.judge_backends import make_judges
     judges = [judges] if isinstance(judges, (str, Path)) or hasattr(judges, "name") else list(judges)
-    judges = [make_backend(j) if isinstance(j, (str, Path)) else j for j in judges]
+    specs = [str(j) for j in judges if isinstance(j, (str, Path))]
+    made = iter(make_judges(specs, api_key_env=api_key_env) if specs else [])
+    judges = [next(made) if isinstance(j, (str, Path)) else j for j in judges]
     if not judges: raise JudgeError("no judge given: pass at least one backend or spec such as 'local'")
     answer_prefixes(style)
     run_dir = Path(run_dir)
