@@ -20,7 +20,7 @@ from .judge_prompts import answer_prefixes, parse_rating
 # %% auto #0
 __all__ = ['QWEN_PARTS', 'QWEN_SHA256', 'LOCAL_JUDGES', 'DEFAULT_LOCAL_JUDGE', 'JudgeBackend', 'HTTPJudge', 'join_parts',
            'qwen_gguf_path', 'gemma_gguf_path', 'load_causal_lm', 'HFJudge', 'expected_rating', 'make_backend',
-           'make_judges']
+           'judge_specs', 'make_judges']
 
 # %% ../nbs/10c_backends.ipynb #c50ec470
 class JudgeBackend(Protocol):
@@ -248,7 +248,7 @@ def expected_rating(p: Sequence[float]) -> float:
     "Σ r·p_r over r = 1, 2, 3."
     return float(sum((r + 1) * float(x) for r, x in enumerate(p)))
 
-# %% ../nbs/10c_backends.ipynb #df36c609
+# %% ../nbs/10c_backends.ipynb #282f4176
 def make_backend(spec: str, api_key_env: str | None = "OPENAI_API_KEY", model: str | None = None, **kw) -> JudgeBackend:
     "A judge from a spec: 'local', a `LOCAL_JUDGES` name, 'URL=MODEL' / an http(s):// URL with `model`, or an HF name/path."
     spec = str(spec).strip()
@@ -263,9 +263,15 @@ def make_backend(spec: str, api_key_env: str | None = "OPENAI_API_KEY", model: s
     name = DEFAULT_LOCAL_JUDGE if spec == "local" else spec
     return HFJudge(name, name=f"hf:{name}" if name in LOCAL_JUDGES else None, **kw)
 
-def make_judges(specs: Sequence[str] | str, api_key_env: str | None = "OPENAI_API_KEY", **kw) -> list:
-    "One judge per spec (see `make_backend`); names must differ (they name the result files)."
+def judge_specs(specs: Sequence[str] | str) -> list[str]:
+    "The judge specs with 'local' expanded to every offline judge (`LOCAL_JUDGES`), duplicates dropped, order kept."
     specs = [specs] if isinstance(specs, str) else list(specs)
+    out = [x for s in specs for x in (list(LOCAL_JUDGES) if str(s).strip() == "local" else [str(s).strip()])]
+    return list(dict.fromkeys(out))
+
+def make_judges(specs: Sequence[str] | str, api_key_env: str | None = "OPENAI_API_KEY", **kw) -> list:
+    "One judge per spec of `judge_specs(specs)` ('local' = both offline judges); names must differ (they name the result files)."
+    specs = judge_specs(specs)
     if not specs: raise JudgeError("no judge given: pass at least one spec, e.g. ['local']")
     judges = [make_backend(s, api_key_env=api_key_env, **kw) for s in specs]
     names = [j.name for j in judges]
