@@ -18,8 +18,8 @@ from .config import ClvqError
 __all__ = ['JudgeError', 'ConceptView', 'as_concept_view', 'concept_views', 'JudgeSentence', 'check_salient', 'demo_inputs',
            'strata', 'allocate', 'stratified_sample', 'paper_sample', 'sample_sentences', 'ResultStore', 'load_results']
 
-# %% ../nbs/10_judge.ipynb #9052f035
-class JudgeError(ClvqError, ValueError):
+# %% ../nbs/10_judge.ipynb #af54c348
+class JudgeError(ClvqError):   # ClvqError is a ValueError
     "A judge input or backend a user can fix (a missing concept file, an endpoint that refuses, a reply that never parses)."
 
 # %% ../nbs/10_judge.ipynb #b1a34a7e
