@@ -177,7 +177,7 @@ def sampled_concepts(method, cache, layer: int, out_dir: str | Path, seed: int =
     torch.manual_seed(seed)
     return extract_concepts(_SampledAssign(method), cache, layer, seed=seed, out_dir=out_dir, progress=progress)
 
-# %% ../nbs/10e_judge_run.ipynb #d6c4fc39
+# %% ../nbs/10e_judge_run.ipynb #4ba9fa63
 def _run_methods(run_dir: Path, methods: Sequence[str] | None) -> list[str]:
     d = run_dir / "methods"
     have = sorted(p.name for p in d.iterdir() if (p / "method.json").exists() and (p / "concepts.json").exists()) if d.is_dir() else []
@@ -247,7 +247,8 @@ def judge_inputs(run_dir: str | Path, methods: Sequence[str] | None = None, memb
         sents.append(JudgeSentence(int(sids[i]), by_sid[int(sids[i])], int(labels[i]), int(preds[i]), sal_i))
     label_names = [str(s) for s in (info.get("label_names") or p.clf.label_names)]
     task = task_of(str(cfg.dataset), label_names)
-    meta = {"config": cfg.to_dict(), "methods": names, "membership": membership, "n_dev": int(len(first)),
+    meta = {"config": cfg.to_dict(), "dataset": str(cfg.dataset), "model": str(cfg.model), "layer_in": int(cfg.layer_in),
+            "layer_out": int(cfg.layer_out), "methods": names, "membership": membership, "n_dev": int(len(first)),
             "n_no_salient_word": int(len(first) - len(ok)), "n_empty_concept": empty, "n_with_salient_word": len(sents)}
     return (sents, concepts, label_names, task, meta) if with_meta else (sents, concepts, label_names, task)
 
@@ -270,7 +271,7 @@ def _reference(methods: Sequence[str], reference: str | None) -> str:
         return reference
     return next((m for m in methods if m.replace("-", "") == "clvqvae"), methods[0])
 
-# %% ../nbs/10e_judge_run.ipynb #1c88230d
+# %% ../nbs/10e_judge_run.ipynb #388bde1e
 def judge_run(run_dir: str | Path, judges, *, style: str = "paper", membership: str = "argmin", sampler: str = "paper",
               n: int = 100, seed: int | None = None, out: str | Path | None = None, methods: Sequence[str] | None = None,
               validity: bool = True, reference: str | None = None, drop_worst: bool = False, api_key_env: str | None = "OPENAI_API_KEY",
@@ -290,7 +291,7 @@ def judge_run(run_dir: str | Path, judges, *, style: str = "paper", membership: 
     out = Path(out) if out is not None else run_dir / "judge" / f"{style}-{membership}"
     sents, concepts, label_names, task, meta = judge_inputs(run_dir, methods, membership, with_meta=True)
     if not sents: raise JudgeError(f"{run_dir}: no dev sentence can be judged ({meta})")
-    cfg, ref = meta["config"], _reference(meta["methods"], reference) if validity else None
+    cfg, ref = meta, _reference(meta["methods"], reference) if validity else None   # dataset, model, layers (flat)
     guidance = None if task else ("The model reads a text and predicts its class, one of: " + ", ".join(label_names) + ".")
     mine = [run_judge(sents, concepts, j, out / f"{_safe_name(j.name)}.jsonl", label_names, n=n, seed=seed, task=task,
                       guidance=guidance, methods=meta["methods"], dataset=str(cfg["dataset"]), model=str(cfg["model"]),
