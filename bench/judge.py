@@ -1,6 +1,6 @@
 """Throughput of the judge's HTTP hot path against a bare peer, in one run.
 
-Both clients talk to the same local chat-completions server (`clvq_nb.judge.FakeChatServer` on 127.0.0.1)
+Both clients talk to the same local chat-completions server (`clvq_nb.testing.FakeChatServer` on 127.0.0.1)
 with the same request body:
 - ours: `HTTPJudge.complete` (JSON encode, keep-alive connection, retry bookkeeping, reply parsing)
   followed by `parse_rating`, i.e. what `run_judge` does per item minus prompt building;
@@ -8,13 +8,20 @@ with the same request body:
 Also the per-item CPU cost of `build_prompt` + `parse_rating` alone (no network).
 
     python bench/judge.py [--n 400] [--repeats 3]
+    python bench/judge.py --local gemma3-270m,qwen2.5-coder-0.5b [--items 3]   # offline judges: fp32 vs bf16
+
+With `--local`, each offline judge is loaded in fp32 and in bf16 and rates the same `paper`-style prompt
+(demo sentence, two methods) `--items` times; prints load time and seconds per prompt for each dtype.
 
 Prints requests/s for each and the ratio ours/peer (1.0 = no overhead over a bare client). Loops are
 bounded (n requests, a few repeats); the server stops by itself at the end.
 """
 import argparse, http.client, json, os, time
 
-from clvq_nb.judge import FakeChatServer, HTTPJudge, build_prompt, demo_inputs, parse_rating
+from clvq_nb.judge import demo_inputs
+from clvq_nb.judge_backends import HTTPJudge
+from clvq_nb.judge_prompts import build_prompt, parse_rating
+from clvq_nb.testing import FakeChatServer
 
 
 def bench_ours(url: str, prompt: str, n: int) -> float:
@@ -50,11 +57,33 @@ def bench_cpu(n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def bench_local(names: str, items: int) -> None:
+    from clvq_nb.judge_backends import HFJudge
+    from clvq_nb.judge_prompts import PAPER_GUIDANCE, PAPER_MEANINGS, answer_prefixes, build_paper_prompt
+    sents, concepts, labels = demo_inputs()
+    s = sents[4]
+    prompt = build_paper_prompt(s.text, labels[s.pred], PAPER_MEANINGS["movie"][s.pred],
+                                {m: concepts[m][k] for m, (_, k) in s.salient.items()}, PAPER_GUIDANCE["movie"])
+    for name in names.split(","):
+        for dtype in ("float32", "bfloat16"):
+            t = time.perf_counter(); j = HFJudge(name, dtype=dtype); load = time.perf_counter() - t
+            n_tok = len(j.tokenizer(j._chat(prompt))["input_ids"])
+            j.score(prompt, answer_prefixes("paper", list(s.salient)))                       # warm up
+            t = time.perf_counter()
+            for _ in range(items): p = j.score(prompt, answer_prefixes("paper", list(s.salient)))
+            per = (time.perf_counter() - t) / items
+            print(f"{name:20s} {dtype:9s} load {load:6.1f} s  prompt {n_tok} tokens  {per:6.2f} s/prompt  p={p}")
+            del j
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400, help="requests per measurement")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many measurements")
+    ap.add_argument("--local", help="comma-separated offline judges to time in fp32 and bf16 (instead of the HTTP bench)")
+    ap.add_argument("--items", type=int, default=3, help="prompts per local judge and dtype")
     a = ap.parse_args()
+    if a.local: return bench_local(a.local, a.items)
     os.environ["CLVQ_BENCH_KEY"] = "bench-not-a-real-key"
     sents, concepts, names = demo_inputs()
     prompt = build_prompt(sents[0].text, names[sents[0].pred], concepts["clvq-vae"][0], "Movie sentiment.", None, "wonderful")

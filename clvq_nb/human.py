@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from .config import clvq_home, read_json, stable_hash, write_json
-from .judge import (ConceptView, JudgeSentence, ResultStore, as_concept_view, concept_display, demo_inputs,
-                           stratified_sample, _judge_items)
+from .judge import (ConceptView, JudgeSentence, ResultStore, as_concept_view, check_salient, demo_inputs,
+                           stratified_sample)
+from .judge_prompts import concept_display
 
 # %% auto #0
 __all__ = ['PAPER_HUMAN_REFERENCE', 'StudyItem', 'make_study_items', 'wilson_ci', 'format_accuracy_ci', 'StudyCard', 'HumanStudy',
@@ -42,7 +43,7 @@ def make_study_items(sentences: Sequence[JudgeSentence], concepts: Mapping[str, 
     sents = [s if isinstance(s, JudgeSentence) else JudgeSentence(**s) for s in sentences]
     pos = stratified_sample([s.label for s in sents], [s.pred for s in sents], n=n, seed=seed, n_classes=n_classes)
     sample = [sents[i] for i in pos]
-    methods = _judge_items(sample, concepts, methods)
+    methods = check_salient(sample, concepts, methods)
     items = []
     for s in sample:
         for m in methods:
@@ -140,7 +141,7 @@ class AnnotationSession:
             raise ValueError(f"annotator id {annotator!r}: use 1-64 letters, digits, '_', '-' or '.' (it names the answers file)")
         self.study, self.annotator = study, annotator
         self.store = ResultStore(study.folder / "answers" / f"{annotator}.jsonl")
-        self.store._repair()
+        self.store.repair()
         rng = np.random.default_rng(int(stable_hash([annotator, study.seed], 12), 16))
         self.order = [study.items[i].item_id for i in rng.permutation(len(study.items))]
         self.answers: dict[str, int] = {r["item_id"]: r["answer"] for r in self.store.records()}

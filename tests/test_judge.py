@@ -1,4 +1,4 @@
-"""LLM judge: sampler, prompt, rating parser, resumable results, agreement statistics, and the two backends.
+"""LLM judge, `single` prompt style: sampler, prompt, rating parser, resumable results, agreement statistics, and the two backends.
 
 The HTTP backend is tested against `FakeChatServer`, a chat-completions server on 127.0.0.1 (free port,
 thread): normal replies, 429 then success, a reply slower than the client timeout, malformed JSON.
@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clvq_nb.judge import (ConceptView, FakeChatServer, HFJudge, HTTPJudge, JudgeError, JudgeSentence, ResultStore,
-                           agreement, allocate, build_prompt, concept_text, demo_inputs, kendalls_w, load_results,
-                           mean_ratings, parse_rating, ranking, ratings_figure, run_judge, strata, stratified_sample,
-                           tiny_causal_lm, DEFAULT_LOCAL_JUDGE)
+from clvq_nb.judge import (ConceptView, JudgeError, JudgeSentence, ResultStore, allocate, demo_inputs, load_results, strata,
+                           stratified_sample)
+from clvq_nb.judge_backends import HFJudge, HTTPJudge, DEFAULT_LOCAL_JUDGE
+from clvq_nb.judge_prompts import build_prompt, concept_text, parse_rating
+from clvq_nb.judge_runner import run_judge
+from clvq_nb.judge_stats import agreement, kendalls_w, mean_ratings, ranking, ratings_figure
+from clvq_nb.testing import FakeChatServer, tiny_causal_lm
 
 
 class Scripted:
@@ -125,7 +128,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="label_names"):
         run_judge(sents, concepts, Scripted(), tmp_path / "x.jsonl", ["only-one"], progress=False)
     bad = [JudgeSentence(1, "x", 0, 0, {"kmeans": ("x", 99)})]
-    with pytest.raises(ValueError, match="concept 99"):
+    with pytest.raises(ValueError, match="no sentence has a concept for every method"):
         run_judge(bad, concepts, Scripted(), tmp_path / "x.jsonl", names, methods=["kmeans"], progress=False)
     with pytest.raises(ValueError, match="no sentences"):
         run_judge([], concepts, Scripted(), tmp_path / "x.jsonl", names, progress=False)
@@ -194,7 +197,7 @@ def test_http_normal_and_protocol(fake_key):
         r = srv.requests[0]
         assert r["path"] == "/v1/chat/completions"
         assert r["body"]["model"] == "judge-x" and r["body"]["max_tokens"] == 7 and r["body"]["temperature"] == 0.0
-        assert r["headers"]["Authorization"] == f"Bearer {KEY}"
+        assert r["headers"]["authorization"] == f"Bearer {KEY}"
         for _ in range(3): j.complete("x")                     # keep-alive connection reused
         assert len(srv.requests) == 4
 
@@ -220,10 +223,8 @@ def test_http_backoff_is_exponential_on_5xx(fake_key):
 def test_http_timeout_then_success(fake_key):
     with FakeChatServer(script=["sleep:1.5"]) as srv:
         j = HTTPJudge(srv.url, "m", api_key_env=fake_key, timeout=0.3, backoff=0.0)
-        t = time.monotonic()
         assert j.complete("x") == "Rating: 2"
-        assert time.monotonic() - t < 1.4                      # did not wait for the slow reply
-        assert len(srv.requests) == 2
+        assert len(srv.requests) == 2                          # the slow reply timed out and was asked again
 
 
 def test_http_gives_up_with_clear_error(fake_key):
@@ -283,9 +284,7 @@ def test_hf_backend_tiny_gpt2(tmp_path):
     # deterministic: the same model gives the same ratings
     df2 = run_judge(sents, concepts, HFJudge(model, tok, name="tiny2"), tmp_path / "r.jsonl", names, n=4, task="movie", progress=False)
     assert df.rating.tolist() == df2.rating.tolist()
-    g = HFJudge(model, tok, mode="generate", max_new_tokens=2, name="tiny-gen")
-    out = g.complete("the concept is a")
-    assert out.startswith("Rating:")
+    assert all(abs(r.expected - sum((i + 1) * p for i, p in enumerate(r.probs))) < 1e-5 for r in df.itertuples())
 
 
 def test_hf_backend_saved_folder(tmp_path):

@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clvq_nb.judge import (FakeChatServer, HFJudge, HTTPJudge, JudgeSentence, ResultStore, judge_inputs, judge_run,
-                           make_backend, tiny_causal_lm)
+from clvq_nb.judge import JudgeError, JudgeSentence, ResultStore
+from clvq_nb.judge_backends import HFJudge, HTTPJudge, make_backend
+from clvq_nb.judge_runner import judge_inputs, judge_run
+from clvq_nb.testing import FakeChatServer, OverlapJudge, RandomJudge, tiny_causal_lm
 
 SECRET = "sk-judge-run-test-" + "7" * 20
 KEY_ENV = "CLVQ_TEST_JUDGE_RUN_KEY"
-COLUMNS = ["dataset", "model", "method", "mean_rating", "n_judges", "rank", "winner", "n_rated", "n_missing"]
+COLUMNS = ["dataset", "model", "method", "mean_rating", "pooled_mean", "n_judges", "rank", "winner", "n_rated", "n_missing"]
+SINGLE = dict(style="single", sampler="ours", validity=False)       # the project's own protocol, as before
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,8 @@ def test_judge_inputs_match_the_run(tiny_run):
 
 def test_judge_inputs_bad_input(tiny_run, tmp_path):
     run, _ = tiny_run
-    with pytest.raises(FileNotFoundError, match="no run.json"): judge_inputs(tmp_path)
+    with pytest.raises(JudgeError, match="no run.json"): judge_inputs(tmp_path)
+    with pytest.raises(JudgeError, match="membership"): judge_inputs(run, membership="last")
     with pytest.raises(ValueError, match="not saved"): judge_inputs(run, methods=["clvqvae"])
 
 
@@ -88,11 +92,11 @@ def test_http_judge_run_resume_and_no_key_leak(tiny_run, tmp_path, monkeypatch):
     with FakeChatServer(reply_fn=_reply) as srv:
         b = make_backend(srv.url, api_key_env=KEY_ENV, model="fake-judge")
         assert isinstance(b, HTTPJudge)
-        t = judge_run(run, b, n=16, out=out, progress=False)
+        t = judge_run(run, b, n=16, out=out, progress=False, **SINGLE)
         asked = len(srv.requests)
-        t_again = judge_run(run, b, n=16, out=out, progress=False)
+        t_again = judge_run(run, b, n=16, out=out, progress=False, **SINGLE)
         assert len(srv.requests) == asked                                   # resumed: nothing new asked
-    assert srv.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert srv.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
     lines = (out / "http_fake-judge.jsonl").read_text().splitlines()
     recs = [json.loads(l) for l in lines]
     assert len(recs) == asked == 32                                         # 16 sentences x 2 methods, once each
@@ -124,9 +128,9 @@ def test_interrupted_run_asks_only_the_rest(tiny_run, tmp_path):
             if self.after is not None and self.calls > self.after: raise RuntimeError("killed")
             return _reply(prompt)
 
-    with pytest.raises(RuntimeError, match="killed"): judge_run(run, Dies(after=7), n=8, out=tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="killed"): judge_run(run, Dies(after=7), n=8, out=tmp_path, progress=False, **SINGLE)
     assert len(ResultStore(tmp_path / "dies.jsonl").records()) == 7
-    b = Dies(); t = judge_run(run, b, n=8, out=tmp_path, progress=False)
+    b = Dies(); t = judge_run(run, b, n=8, out=tmp_path, progress=False, **SINGLE)
     assert b.calls == 16 - 7 and (t.n_rated == 8).all()
 
 
@@ -136,13 +140,13 @@ def test_hf_judge_from_folder_and_two_judges(tiny_run, tmp_path, monkeypatch):
     lm, tok = tiny_causal_lm(); lm.save_pretrained(tmp_path / "lm"); tok.save_pretrained(tmp_path / "lm")
     hj = make_backend(str(tmp_path / "lm"))
     assert isinstance(hj, HFJudge) and hj.name == "hf:lm"
-    t = judge_run(run, hj, n=10, out=out, progress=False)
+    t = judge_run(run, hj, n=10, out=out, progress=False, **SINGLE)
     recs = ResultStore(out / "hf_lm.jsonl").records()
     assert len(recs) == 20 and all(r["rating"] in (1, 2, 3) and len(r["probs"]) == 3 for r in recs)
     assert (t.n_judges == 1).all()
     monkeypatch.setenv(KEY_ENV, SECRET)
     with FakeChatServer(reply_fn=_reply) as srv:
-        t2 = judge_run(run, make_backend(srv.url, api_key_env=KEY_ENV, model="fake-judge"), n=10, out=out, progress=False)
+        t2 = judge_run(run, make_backend(srv.url, api_key_env=KEY_ENV, model="fake-judge"), n=10, out=out, progress=False, **SINGLE)
     assert (t2.n_judges == 2).all() and (t2.n_rated == 20).all()
     meta = json.loads((out / "ranking.json").read_text())
     assert meta["judges"] == ["hf:lm", "http:fake-judge"] and meta["agreement"]["n_units"] == 20
@@ -152,8 +156,48 @@ def test_hf_judge_from_folder_and_two_judges(tiny_run, tmp_path, monkeypatch):
 def test_make_backend_specs():
     b = make_backend("https://api.example.com/v1/", model="gpt-x", api_key_env="SOME_KEY", timeout=5)
     assert (b.base_url, b.model, b.api_key_env, b.timeout) == ("https://api.example.com/v1", "gpt-x", "SOME_KEY", 5)
-    with pytest.raises(ValueError, match="--model"): make_backend("http://127.0.0.1:8000/v1")
+    with pytest.raises(ValueError, match="=MODEL"): make_backend("http://127.0.0.1:8000/v1")
     with pytest.raises(ValueError, match="only for endpoint URLs"): make_backend("local", model="x")
     with pytest.raises(ValueError, match="NAME of an environment variable"):
         make_backend("http://127.0.0.1:8000/v1", model="m", api_key_env="sk-abc")
     with pytest.raises(ValueError, match="empty"): make_backend("")
+
+
+def test_paper_style_two_judges_validity_and_http(tiny_run, tmp_path, monkeypatch):
+    "The authors' protocol on a run folder: one prompt per sentence, controls, several judges in one call, the validity verdicts."
+    run, _ = tiny_run
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    seen = []
+    def reply(prompt):
+        seen.append(prompt)
+        return RandomJudge(seed=len(seen)).complete(prompt)
+    with FakeChatServer(reply_fn=reply) as srv:
+        judges = [OverlapJudge(), make_backend(f"{srv.url}=coin", api_key_env=KEY_ENV)]
+        t = judge_run(run, judges, n=24, out=tmp_path, progress=False)
+        asked = len(srv.requests)
+        judge_run(run, judges, n=24, out=tmp_path, progress=False)
+        assert len(srv.requests) == asked                                  # resumed
+    assert asked == 2 * 24                                                  # one methods prompt + one controls prompt per sentence
+    assert sum('Configuration "kmeans"' in p and 'Configuration "sae"' in p for p in seen) == 24
+    assert sum('Configuration "Concept A"' in p for p in seen) == 24
+    v = pd.read_csv(tmp_path / "validity.csv").set_index("judge")
+    # a random tiny BERT's concepts are noise, so only the coin's verdict is known here (the truth-following
+    # judge is checked on planted concepts in test_judge_protocol.py)
+    assert bool(v.cannot_discriminate["http:coin"]) and (v.n_real == 24).all() and (v.n_random == 24).all()
+    flagged = ", ".join(sorted(v.index[v.cannot_discriminate]))
+    assert (t.cannot_discriminate == flagged).all()
+    assert "CANNOT DISCRIMINATE" in t.attrs["text"] and "judge fake:overlap" in t.attrs["text"]
+    meta = json.loads((tmp_path / "ranking.json").read_text())
+    assert meta["style"] == "paper" and meta["reference"] == "kmeans" and meta["paper_aggregate"]["judges"] == ["fake:overlap", "http:coin"]
+    assert set(meta["paper_aggregate"]["alpha_interval"]) == {"kmeans", "sae"}
+    assert "(cannot discriminate)" in (tmp_path / "ratings.html").read_text()
+    for f in tmp_path.iterdir(): assert SECRET not in f.read_text(), f
+
+
+def test_sampled_membership(tiny_run, tmp_path):
+    "membership='sampled' equals argmin for methods without a sampler (k-means), and is cached in the judge folder."
+    run, _ = tiny_run
+    s1, c1, _, _ = judge_inputs(run, methods=["kmeans"])
+    s2, c2, _, _ = judge_inputs(run, methods=["kmeans"], membership="sampled")
+    assert c1 == c2 and [s.salient for s in s1] == [s.salient for s in s2]
+    assert (run / "judge" / "membership-sampled" / "kmeans" / "concepts.json").exists()
