@@ -89,7 +89,8 @@ def test_every_option_reaches_the_notebook(tmp_path, tiny_model):
                   verbalisers="bad,good", shots=2, sentence_vector="mean", lm_dtype="bfloat16", layer_in=2, layer_out=4,
                   merge="first", methods="kmeans", codebook_size=8, agglo_max_tokens=500, sae_epochs=2, profile="cpu",
                   top_k=2, temperature=0.5, memory="continuous", amp="off", epochs=2, train_steps=6, train_minutes=30.0,
-                  ig_steps=4, folds=3, probe_labels="pred", seed=1, output_dir=str(run_dir), overwrite=True)
+                  ig_steps=4, folds=3, probe_labels="pred", protocol="sound", protocol_seeds=2, seed=1, output_dir=str(run_dir),
+                  overwrite=True)
     defaults = config_fields()
     assert set(values) == set(defaults) and all(values[k] != defaults[k] for k in values), "set every field to a non-default"
     proc = _clvq_main(values, tmp_path / "home")
