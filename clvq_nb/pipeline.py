@@ -499,7 +499,7 @@ def run_method(name: str, p: Prepared, run: Run, salient, progress: bool = True,
         + f"  (fit {row['fit_seconds']}s, peak memory {peak_memory_mb():.0f} MB)")
     return row
 
-# %% ../nbs/11b_pipeline.ipynb #2a0871ff
+# %% ../nbs/11b_pipeline.ipynb #948f7662
 def dev_sentence_table(p: Prepared, salient, concepts: dict[str, np.ndarray]) -> pd.DataFrame:
     "One row per dev sentence of the cache: sid, text, label, pred, salient word, `concept_<method>` (-1: no salient word)."
     toks, off = p.dev_cache.tokens, np.asarray(p.dev_cache.sentence_offsets)
@@ -513,8 +513,8 @@ def dev_sentence_table(p: Prepared, salient, concepts: dict[str, np.ndarray]) ->
     for m, tc in concepts.items(): df[f"concept_{m}"] = np.where(idx >= 0, np.asarray(tc)[np.maximum(idx, 0)], -1)
     return df
 
-def _dev_concepts(name: str, p: Prepared, run: Run, idx: np.ndarray) -> np.ndarray:
-    "Concept id of each dev token under the saved method `name` (only the salient rows are needed; all are cheap)."
+def _dev_concepts(name: str, p: Prepared, run: Run) -> np.ndarray:
+    "Concept id of each dev token under the saved method `name`."
     from clvq_nb.baselines import load_method
     from clvq_nb.concepts import assign_tokens
     return assign_tokens(load_method(run.method_dir(name)), p.dev_cache, p.cfg.layer_in, progress=False)
@@ -543,14 +543,14 @@ def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame:
     table.to_csv(run.table_csv, index=False)
     write_json(run.table_json, {"rows": table.to_dict("records"), "paper_reference": PAPER_REFERENCE, "config": cfg.to_dict()})
     comparison_figure(table).write_html(run.figure_html, include_plotlyjs="cdn")
-    sents = dev_sentence_table(p, sal, {m: _dev_concepts(m, p, run, sal.index) for m in cfg.method_list()})
+    sents = dev_sentence_table(p, sal, {m: _dev_concepts(m, p, run) for m in cfg.method_list()})
     sents.to_parquet(run.sentences_parquet, index=False)
     keep = ["acc_original", "acc_removed", "acc_random", "relative_drop", "random_relative_drop", "drop_vs_random",
             "dev_fvu", "dev_perplexity", "dev_dead_fraction"]
     write_json(run.metrics_json, {"dev_accuracy": float(p.clf.dev_accuracy), "train_tokens": int(p.train_cache.n_tokens),
                                   "methods": {r["method"]: {k: r.get(k) for k in keep if k in r and pd.notna(r.get(k))}
                                               for r in table.to_dict("records")}})
-    sal_s_extra = {}
+    extra_timings = {}
     if cfg.protocol != "none":
         from clvq_nb.faithfulness import faithfulness_report
         log(f"[faithfulness] protocol {cfg.protocol}, {cfg.protocol_seeds} seed(s): refit and evaluate every method")
@@ -558,9 +558,9 @@ def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame:
         with track_memory("faithfulness", mem):
             faithfulness_report(p, cfg.protocol, seeds=tuple(range(cfg.seed, cfg.seed + cfg.protocol_seeds)), ig_steps=cfg.ig_steps,
                                 folds=cfg.folds, out_dir=run.part_dir("faithfulness"), progress=progress, log=log)
-        sal_s_extra = {"faithfulness_s": round(time.perf_counter() - t1, 1)}
+        extra_timings = {"faithfulness_s": round(time.perf_counter() - t1, 1)}
     run.update_info(label_names=list(p.clf.label_names), summary=summary(p), environment=environment(),
-                    timings={"salient_s": round(sal_s, 1), **sal_s_extra, "methods": timings}, peak_memory_by_stage_mb=mem,
+                    timings={"salient_s": round(sal_s, 1), **extra_timings, "methods": timings}, peak_memory_by_stage_mb=mem,
                     peak_memory_mb=max(mem.values()))
     return table
 
