@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .config import atomic_path, clvq_home, get_device, read_json, sha256_file, stable_hash, versions, write_json
+from .config import atomic_path, clvq_home, fault_point, get_device, read_json, sha256_file, stable_hash, versions, write_json
 from .data import data_fingerprint
 from .models import ClassifierRun
 
@@ -218,7 +218,7 @@ class _ShardWriter:
         self.shards.append(dict(file=f"{name}.safetensors", tokens_file=f"{name}.parquet", n_tokens=self.n,
                                 n_sentences=self.n_sent, sha256=sha,
                                 tokens_sha256=sha256_file(self.out_dir / f"{name}.parquet")))
-        self._reset()
+        self._reset(); fault_point("shard", k)   # CLVQ_FAULT=shard@K: killed after shard K, before the manifest
 
 # %% ../nbs/03_activations.ipynb #dced1183
 def _clear_cache_dir(out_dir: Path):

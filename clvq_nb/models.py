@@ -14,7 +14,7 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .config import (atomic_dir, clvq_home, get_device, package_dir, read_json, seed_everything,
+from .config import (atomic_dir, clvq_home, fault_point, get_device, package_dir, read_json, seed_everything,
                             stable_hash, versions, write_json)
 from .data import data_fingerprint   # the one content hash of a data set
 
@@ -240,7 +240,7 @@ def _train_loop(model, tokenizer, texts, labels, epochs, max_length, batch_size,
             opt.zero_grad(set_to_none=True); loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(); sched.step()
-            losses.append(loss.item())
+            losses.append(loss.item()); fault_point("finetune", len(losses))   # CLVQ_FAULT=finetune@N: killed at step N
             bar.update(1); bar.set_postfix(epoch=ep + 1, loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
     model.eval()

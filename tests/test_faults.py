@@ -38,13 +38,15 @@ def reference(tmp_path_factory, tiny_model):
     return pd.read_csv(outs[0]), homes[0]
 
 
-STAGES = ["data", "classifier", "salient", "fit:agglomerative", "fit:clvqvae", "fit:sae", "evaluate:kmeans",
-          "evaluate:vqvae", "table"]
+STAGES = ["data", "finetune@2", "classifier", "shard", "salient", "fit:agglomerative", "fit:clvqvae", "fit:sae",
+          "evaluate:kmeans", "evaluate:vqvae", "table"]
+FRESH = {"finetune@2", "shard"}   # inside the fine-tune loop / the activation shard writer: need a home without caches
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_at_stage_then_rerun_equals_uninterrupted(tmp_path, tiny_model, reference, stage):
     table, home = reference
+    if stage in FRESH: home = tmp_path / "home"
     killed = _main(home, tiny_model, tmp_path / "run", fault=stage)
     assert killed.returncode == -9 and f"CLVQ_FAULT={stage}" in killed.stdout, killed.stdout[-2000:] + killed.stderr[-2000:]
     again = _main(home, tiny_model, tmp_path / "run")

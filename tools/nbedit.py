@@ -1,0 +1,16 @@
+"""Replace text inside notebook cells in place, keeping cell ids and formatting (for small edits; nbpy.py round-trips
+whole notebooks). Usage in Python: `replace(nb_path, old, new)`; `old` must occur exactly once in the notebook."""
+import json, sys
+from pathlib import Path
+
+def replace(path, old: str, new: str) -> None:
+    p = Path(path); nb = json.loads(p.read_text())
+    hits = [c for c in nb["cells"] if old in "".join(c["source"])]
+    n = sum("".join(c["source"]).count(old) for c in hits)
+    if n != 1: raise SystemExit(f"{path}: {old!r} occurs {n} times (need exactly 1)")
+    c = hits[0]; src = "".join(c["source"]).replace(old, new)
+    c["source"] = src.splitlines(keepends=True)
+    p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+if __name__ == "__main__":
+    replace(*sys.argv[1:4])
