@@ -16,8 +16,9 @@ from .pipeline import ExperimentConfig
 from .runs import Run
 
 # %% auto #0
-__all__ = ['Exp', 'REPORT_TAGS', 'COMMANDS', 'find_notebook', 'print_summary', 'print_table', 'Relay', 'execute_notebook',
-           'write_report', 'cmd_main', 'cmd_compare', 'cmd_train', 'cmd_sweep', 'cmd_judge', 'cmd_notebooks', 'main']
+__all__ = ['Exp', 'REPORT_TAGS', 'COMMANDS', 'USER_ERRORS', 'find_notebook', 'print_summary', 'print_table', 'Relay',
+           'execute_notebook', 'write_report', 'cmd_main', 'cmd_compare', 'cmd_train', 'cmd_sweep', 'cmd_judge',
+           'cmd_notebooks', 'main']
 
 # %% ../nbs/12_cli.ipynb #0dbd8dc8
 Exp = Annotated[ExperimentConfig, tyro.conf.OmitArgPrefixes, tyro.conf.arg(name="")]  # every config field is a flat --option
@@ -243,16 +244,32 @@ def cmd_notebooks(dest: tyro.conf.Positional[str], overwrite: bool = False, debu
 COMMANDS = {"main": cmd_main, "compare": cmd_compare, "train": cmd_train, "sweep": cmd_sweep, "judge": cmd_judge,
             "notebooks": cmd_notebooks}
 
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MemoryError)   # what a user fixes by changing the input
+
+def _kernel_errors() -> tuple:
+    "papermill's error for an exception inside the notebook's kernel (it carries the exception's class name)."
+    from papermill.exceptions import PapermillExecutionError
+    return (PapermillExecutionError,)
+
+def _is_user_error(ename: str) -> bool:
+    "Whether an exception class name from the kernel is a user error: a builtin one, or a ValueError of clvq_nb."
+    import clvq_nb.data  # noqa: F401  (its errors are raised in the kernel; make them known here)
+    if ename in {c.__name__ for c in USER_ERRORS}: return True
+    return any(isinstance(c := getattr(m, ename, None), type) and issubclass(c, USER_ERRORS)
+               for k, m in list(sys.modules.items()) if k.startswith("clvq_nb") and m is not None)
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `clvq` console script: user errors as one line (exit 2), tracebacks with --debug."
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="clvq",
                                                     description="Cross-layer VQ-VAE concept discovery (CLVQ-VAE) for transformer classifiers.")
-    except (ValueError, FileNotFoundError, FileExistsError, MemoryError) as e:   # ClvqError is a ValueError; older modules raise ValueError
+    except (*USER_ERRORS, *_kernel_errors()) as e:   # ClvqError is a ValueError; older modules raise ValueError
         if "--debug" in argv: raise
         cmd = next((a for a in argv if a in COMMANDS), "")
-        print(f"clvq {cmd}: error: {e}", file=sys.stderr)
+        if not isinstance(e, USER_ERRORS) and not _is_user_error(getattr(e, "ename", "")): raise
+        msg = e if isinstance(e, USER_ERRORS) else f"{e.evalue}  (raised in the experiment notebook, cell {e.exec_count})"
+        print(f"clvq {cmd}: error: {msg}", file=sys.stderr)
         return 2
 
 if __name__ == "__main__" and "get_ipython" not in globals():   # `python -m clvq_nb.cli` (and torchrun -m), not a notebook

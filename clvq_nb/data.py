@@ -14,7 +14,7 @@ import pandas as pd
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
 
-from .config import package_dir
+from .config import ClvqError, package_dir
 
 _log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ FILE_TYPES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _COMPRESSION = (".gz", ".bz2", ".zip", ".xz")
 TEXT_COLUMNS, LABEL_COLUMNS = ("text", "sentence"), ("label", "labels")
 
-class DataEncodingError(ValueError):
+class DataEncodingError(ClvqError):
     "A data file that is not valid text in the encoding it is read with."
 
 def _read_json(p: Path, encoding: str = "utf-8") -> pd.DataFrame:
@@ -202,8 +202,8 @@ def _read_table(path: Path, encoding: str | None = None) -> pd.DataFrame:
     enc = encoding or "utf-8"
     try: return _READERS[kind](path, encoding=enc)
     except UnicodeDecodeError as e:
-        raise DataEncodingError(f"data file {str(path)!r} is not valid {enc} text (byte {e.object[e.start:e.start + 1]!r} "
-                                f"at position {e.start}); give its encoding with --encoding (encoding=... in Python), "
+        raise DataEncodingError(f"data file {str(path)!r} is not valid {enc} text (it holds the byte "
+                                f"{e.object[e.start:e.start + 1]!r}); give its encoding with --encoding (encoding=... in Python), "
                                 f"e.g. --encoding latin-1") from None
     except LookupError as e: raise ValueError(f"encoding={enc!r}: {e}; use a Python codec name such as utf-8, latin-1, cp1252") from None
 

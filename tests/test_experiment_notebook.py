@@ -120,3 +120,16 @@ def test_clvq_main_streams_stage_lines_and_writes_the_report(tmp_path, tiny_mode
     html = Run(run_dir).report.read_text()
     assert "Concept removal:" in html and "dropped rows" in html and "check_parameters" not in html  # headline, no code
     assert html.index("Concept removal:") < html.index("Codebook of the CLVQ-VAE")
+
+
+def test_user_error_inside_the_notebook_is_one_line(tmp_path, tiny_model):
+    "A bad input found in the kernel (a Latin-1 file read as UTF-8) ends `clvq main` with one line and exit code 2."
+    p = tmp_path / "reviews.csv"
+    p.write_bytes("review,sentiment\nun café crème,pos\nà éviter,neg\n".encode("latin-1"))
+    proc = _clvq_main({"model": tiny_model, "dataset": p, "text_col": "review", "label_col": "sentiment", "quiet": True},
+                      tmp_path / "home")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 2, out[-3000:]
+    err = [l for l in out.splitlines() if l.startswith("clvq main: error:")]
+    assert len(err) == 1 and "reviews.csv" in err[0] and "--encoding" in err[0], out[-3000:]
+    assert "Traceback" not in out and "PapermillExecutionError" not in out, out[-3000:]

@@ -9,7 +9,7 @@ def replace(path, old: str, new: str) -> None:
     n = sum("".join(c["source"]).count(old) for c in hits)
     if n != 1: raise SystemExit(f"{path}: {old!r} occurs {n} times (need exactly 1)")
     c = hits[0]; src = "".join(c["source"]).replace(old, new)
-    c["source"] = src.splitlines(keepends=True)
+    c["source"] = src if isinstance(c["source"], str) else src.splitlines(keepends=True)   # keep the file's own form
     p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 if __name__ == "__main__":
