@@ -66,13 +66,14 @@ def _heartbeat(relay: Relay, stop: threading.Event, quiet_s: float, t0: float) -
         if time.monotonic() - relay.last >= quiet_s:
             relay.write(f"[main] still working ({time.monotonic() - t0:.0f}s): {relay.stage}\n")
 
-def execute_notebook(nb: Path, out_nb: Path, params: dict, quiet_s: float = 25.0, stream: bool = True) -> None:
-    "Run `nb` with papermill (kernel python3) into `out_nb`, relaying the kernel's output with a heartbeat."
+def execute_notebook(nb: Path, out_nb: Path, params: dict, quiet_s: float = 25.0, stream: bool = True,
+                     quiet: bool = False) -> None:
+    "Run `nb` with papermill (kernel python3) into `out_nb`, relaying the kernel's output with a heartbeat (`quiet`: no bars)."
     import papermill as pm
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     relay, stop, t0 = Relay(), threading.Event(), time.monotonic()
     beat = threading.Thread(target=_heartbeat, args=(relay, stop, quiet_s, t0), daemon=True)
-    os.environ["CLVQ_TEXT_PROGRESS"] = "1"   # the kernel inherits it: text progress bars
+    os.environ["CLVQ_TEXT_PROGRESS"] = "quiet" if quiet else "1"   # the kernel inherits it: text progress bars, or none
     if stream: beat.start()
     try:
         pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name="python3", cwd=str(out_nb.parent),  # never the package folder
@@ -118,7 +119,7 @@ def cmd_main(cfg: Exp, prepare_only: bool = False, no_notebook: bool = False, qu
     else:
         params = {**cfg.flat(), "output_dir": str(run.path.resolve())}
         print(f"[main] executing {nb} -> {run.notebook}", flush=True)
-        execute_notebook(nb, run.notebook, params)
+        execute_notebook(nb, run.notebook, params, quiet=quiet)
         fault_point("report")
         print(f"[main] report: {write_report(run.notebook, run.report)}")
     print_summary(run.info()["summary"])

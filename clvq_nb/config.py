@@ -163,10 +163,13 @@ def environment() -> dict:
                              torch_threads=torch.get_num_threads(), gpu=gpu))
 
 # %% ../nbs/00_config.ipynb #a88b834a
-def text_progress(interval: float = 10.0) -> None:
-    "Make `tqdm.auto` bars plain text (for a kernel whose output streams to a terminal)."
+def text_progress(interval: float = 10.0, quiet: bool = False) -> None:
+    "Make `tqdm.auto` bars plain text (for a kernel whose output streams to a terminal); `quiet`: no bars at all."
     import tqdm.auto, tqdm.std, tqdm.autonotebook, functools
-    init = functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=interval)
+    def init(self, *a, **kw):
+        kw.setdefault("mininterval", interval)
+        if quiet: kw["disable"] = True
+        tqdm.std.tqdm.__init__(self, *a, **kw)
     postfix = functools.partialmethod(tqdm.std.tqdm.set_postfix, refresh=False)   # a postfix must not force a redraw
     cls = type("TextTqdm", (tqdm.std.tqdm,), {"__init__": init, "set_postfix": postfix})
     tqdm.auto.tqdm = tqdm.autonotebook.tqdm = cls

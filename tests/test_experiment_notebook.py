@@ -133,3 +133,18 @@ def test_user_error_inside_the_notebook_is_one_line(tmp_path, tiny_model):
     err = [l for l in out.splitlines() if l.startswith("clvq main: error:")]
     assert len(err) == 1 and "reviews.csv" in err[0] and "--encoding" in err[0], out[-3000:]
     assert "Traceback" not in out and "PapermillExecutionError" not in out, out[-3000:]
+
+
+def test_quiet_kernel_has_no_progress_bars(monkeypatch, capsys):
+    "`clvq main --quiet` sets CLVQ_TEXT_PROGRESS=quiet for the kernel, whose first cell calls text_progress(quiet=True)."
+    import tqdm.auto, tqdm.autonotebook
+    from clvq_nb.config import text_progress
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.auto.tqdm); monkeypatch.setattr(tqdm.autonotebook, "tqdm", tqdm.autonotebook.tqdm)
+    text_progress(quiet=True)
+    assert tqdm.auto.tqdm(range(3), disable=False).disable            # even a bar that asks to be shown
+    list(tqdm.auto.tqdm(range(3), desc="hidden"))
+    text_progress(quiet=False)
+    bar = tqdm.auto.tqdm(range(3), desc="shown")
+    assert not bar.disable and bar.mininterval == 10.0; list(bar); bar.close()
+    err = capsys.readouterr().err
+    assert "hidden" not in err and "shown" in err
