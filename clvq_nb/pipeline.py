@@ -120,7 +120,7 @@ class TrainingConfig(ConfigMixin):
     amp: str = "bf16"                    # bf16 autocast (~2.5x faster than fp32 on this CPU), 'off' or 'auto'
     epochs: int = 50                     # maximum epochs per VQ model
     train_steps: Optional[int] = None    # cap on optimizer steps per VQ model (None = no cap; tests cap steps, not minutes)
-    train_minutes: Optional[float] = 5.0 # time cap per VQ model (None = no cap; the cpu profile stops early in about 2 min)
+    train_minutes: Optional[float] = None  # time cap per VQ model (None = no cap: results never depend on the machine's speed)
 
     def __post_init__(self):
         from clvq_nb.trainer import PROFILES
