@@ -19,7 +19,7 @@ from .judge_prompts import concept_display
 
 # %% auto #0
 __all__ = ['PAPER_HUMAN_REFERENCE', 'StudyItem', 'make_study_items', 'wilson_ci', 'format_accuracy_ci', 'StudyCard', 'HumanStudy',
-           'AnnotationSession', 'concept_figure', 'results_figure', 'AnnotationUI', 'demo_study']
+           'AnnotationSession', 'concept_figure', 'results_figure', 'AnnotationUI', 'demo_study', 'study_from_run']
 
 # %% ../nbs/10a_human.ipynb #818053b2
 @dataclass
@@ -255,3 +255,17 @@ def demo_study(folder: str | Path | None = None, n: int = 6, seed: int = 0) -> H
     sents, concepts, names = demo_inputs()
     folder = Path(folder) if folder else clvq_home() / "human_study" / "demo"
     return HumanStudy.create(folder, make_study_items(sents, concepts, len(names), n=n, seed=seed), names, seed=seed)
+
+# %% ../nbs/10a_human.ipynb #9f97101e
+def study_from_run(run_dir: str | Path, folder: str | Path | None = None, n: int = 50, seed: int = 0,
+                   methods: Sequence[str] | None = None, overwrite: bool = False) -> HumanStudy:
+    "The study of `n` stratified dev sentences × each saved method of run folder `run_dir`, by default in `<run>/human`."
+    from clvq_nb.judge import JudgeError
+    from clvq_nb.judge_runner import judge_inputs
+    from clvq_nb.runs import Run
+    sents, concepts, names, _ = judge_inputs(run_dir, methods)
+    sents = [s for s in sents if all(k is not None for _, k in s.salient.values())]
+    if not sents: raise JudgeError(f"{run_dir}: no dev sentence has a non-empty concept under every method {sorted(concepts)}")
+    folder = Path(folder) if folder else Run(run_dir).part_dir("human")
+    return HumanStudy.create(folder, make_study_items(sents, concepts, len(names), n=n, seed=seed), names, seed=seed,
+                             overwrite=overwrite)

@@ -19,6 +19,7 @@ from .judge_backends import expected_rating, make_backend
 from .judge_prompts import (PAPER_GUIDANCE, PAPER_MEANINGS, TASK_GUIDANCE, answer_prefixes, build_paper_prompt,
                                    build_prompt, parse_paper_reply, parse_rating, task_of)
 from .judge_stats import agreement, mean_ratings, paper_aggregate, ranking, ratings_figure, validity_check, validity_text
+from .runs import Run
 
 # %% auto #0
 __all__ = ['rate', 'plant_controls', 'run_judge', 'sampled_concepts', 'judge_inputs', 'judge_run']
@@ -178,78 +179,72 @@ def sampled_concepts(method, cache, layer: int, out_dir: str | Path, seed: int =
     return extract_concepts(_SampledAssign(method), cache, layer, seed=seed, out_dir=out_dir, progress=progress)
 
 # %% ../nbs/10e_judge_run.ipynb #4ba9fa63
-def _run_methods(run_dir: Path, methods: Sequence[str] | None) -> list[str]:
-    d = run_dir / "methods"
-    have = sorted(p.name for p in d.iterdir() if (p / "method.json").exists() and (p / "concepts.json").exists()) if d.is_dir() else []
-    if not have: raise JudgeError(f"{run_dir} holds no saved methods with concepts (methods/<name>/method.json + concepts.json): "
+def _run_methods(run: Run, methods: Sequence[str] | None) -> list[str]:
+    have = sorted(m for m in run.method_names() if (run.method_dir(m) / "method.json").exists())
+    if not have: raise JudgeError(f"{run.path} holds no saved methods with concepts (methods/<name>/method.json + concepts.json): "
                                   "run `clvq compare` for this experiment first")
     if methods is None: return have
     methods = [methods] if isinstance(methods, str) else list(methods)
     bad = [m for m in methods if m not in have]
-    if bad: raise JudgeError(f"method(s) {bad} are not saved in {run_dir / 'methods'}; saved: {have}")
+    if bad: raise JudgeError(f"method(s) {bad} are not saved in {run.path}; saved: {have}")
     return methods
+
+def _train_cache(run: Run):
+    "The train activation cache the run recorded (for membership='sampled'); a clear error when it is gone."
+    from clvq_nb.activations import ActivationCache
+    path = (run.info().get("summary") or {}).get("train_cache")
+    if not path or not (Path(path) / "manifest.json").exists():
+        raise JudgeError(f"membership='sampled' redraws the concepts over the train activation cache, but {run.run_json} records "
+                         f"{path!r}, which does not exist (any more): rerun `clvq compare` with this run's settings to rebuild it, "
+                         "or use membership='argmin'")
+    return ActivationCache(path)
+
+def _run_concepts(run: Run, m: str, membership: str, cfg, progress: bool, train: list):
+    "Concepts of method `m`: the run's (argmin) or redrawn by its sampler (cached; `train` holds the train cache once opened)."
+    from clvq_nb.baselines import load_method
+    from clvq_nb.concepts import Concepts
+    if membership == "argmin": return Concepts.load(run.method_dir(m))
+    out = run.part_dir("judge") / "membership-sampled" / m
+    if not (out / "concepts.json").exists() and not train: train.append(_train_cache(run))
+    return sampled_concepts(load_method(run.method_dir(m)), train[0] if train else None, cfg.layer_in, out, cfg.seed, progress)
 
 def judge_inputs(run_dir: str | Path, methods: Sequence[str] | None = None, membership: str = "argmin", progress: bool = False,
                  with_meta: bool = False):
     """(sentences, {method: {concept_id: ConceptView}}, label_names, task) of a finished `clvq compare` run folder
-    (plus a bookkeeping dict with `with_meta`). Every dev sentence with a salient word, its gold label, the
-    model's prediction and, per saved method, that word's concept (None when the concept has no members)."""
-    import torch
-    from clvq_nb.baselines import load_method
-    from clvq_nb.concepts import Concepts
-    from clvq_nb.config import read_json
+    (plus a bookkeeping dict with `with_meta`), read from its dev-sentence table (`Run.dev_sentences`): every dev
+    sentence with a salient word, its gold label, the model's prediction and, per saved method, that word's concept
+    (None when the concept has no members)."""
     from clvq_nb.judge import concept_views
-    from clvq_nb.metrics import salient_rows
-    from clvq_nb.pipeline import ExperimentConfig, dev_salient, prepare
+    from clvq_nb.pipeline import ExperimentConfig
     if membership not in ("argmin", "sampled"):
         raise JudgeError(f"membership={membership!r}: use 'argmin' (nearest code after training) or 'sampled' (the authors)")
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():
-        raise JudgeError(f"{run_dir} has no run.json: pass the folder a `clvq compare` run wrote (e.g. <CLVQ_HOME>/runs/<name>)")
-    info = read_json(run_dir / "run.json")
-    if "config" not in info: raise JudgeError(f"{run_dir / 'run.json'} has no 'config': it was not written by clvq_nb.pipeline.compare")
-    names = _run_methods(run_dir, methods)
+    run = Run(run_dir)
+    if not run.run_json.exists():
+        raise JudgeError(f"{run.path} has no run.json: pass the folder a `clvq compare` run wrote (e.g. <CLVQ_HOME>/runs/<name>)")
+    info = run.info()
+    if "config" not in info: raise JudgeError(f"{run.run_json} has no 'config': it was not written by clvq_nb.pipeline.compare")
+    names = _run_methods(run, methods)
+    tab = run.dev_sentences()
+    lacking = [m for m in names if f"concept_{m}" not in tab]
+    if lacking: raise JudgeError(f"{run.sentences_parquet} has no concept of method(s) {lacking}: rerun `clvq compare` with this run's settings")
+    if not info.get("label_names"): raise JudgeError(f"{run.run_json} has no label_names: the comparison did not finish; rerun `clvq compare`")
     cfg = ExperimentConfig.from_dict(info["config"])
-    p = prepare(cfg, progress=progress, log=lambda *a: None)
-    sal = dev_salient(p, run_dir, progress=progress)
-    dev = p.dev_cache
-    toks = dev.tokens
-    if hasattr(toks, "to_pandas"): toks = toks.to_pandas()
-    off = np.asarray(dev.sentence_offsets, dtype=np.int64)
-    first = off[:-1]
-    sids = toks["sid"].to_numpy()[first]; labels = toks["label"].to_numpy()[first]; preds = toks["pred"].to_numpy()[first]
-    rows = salient_rows(dev, sal.index)
-    ok = np.flatnonzero(rows >= 0)
-    words = toks["word"].astype(str).to_numpy()
-    for i in ok:                                            # the cache row must hold the word IG chose
-        if words[rows[i]] != sal.word(i):
-            raise JudgeError(f"{run_dir / 'salient.json'} does not match the dev cache (sentence {i}: {sal.word(i)!r} vs "
-                             f"{words[rows[i]]!r}); delete salient.json and rerun `clvq compare`")
-    x = torch.as_tensor(dev.layer(cfg.layer_in)[torch.as_tensor(rows[ok])]).float()
-    concepts, ids = {}, {}
-    for m in names:
-        meth = load_method(run_dir / "methods" / m)
-        cs = Concepts.load(run_dir / "methods" / m)
-        if cs.n_concepts != meth.n_concepts:
-            raise JudgeError(f"{run_dir / 'methods' / m}: concepts.json has {cs.n_concepts} concepts but the method {meth.n_concepts}")
-        if membership == "sampled":
-            cs = sampled_concepts(meth, p.train_cache, cfg.layer_in, run_dir / "judge" / "membership-sampled" / m, cfg.seed, progress)
-        with torch.no_grad(): ids[m] = torch.as_tensor(meth.assign(x)).long().cpu().numpy()
-        concepts[m] = concept_views(cs)
-    by_sid = dict(zip(p.data["dev"]["sid"], p.data["dev"]["text"]))
+    train: list = []
+    concepts = {m: concept_views(_run_concepts(run, m, membership, cfg, progress, train)) for m in names}
+    has = tab[tab["salient_row"] >= 0]
     sents, empty = [], {m: 0 for m in names}
-    for j, i in enumerate(ok):
-        sal_i = {}
+    for r in has.itertuples(index=False):
+        sal = {}
         for m in names:
-            k = int(ids[m][j])
+            k = int(getattr(r, f"concept_{m}"))
             if k not in concepts[m]: empty[m] += 1; k = None
-            sal_i[m] = (words[rows[i]], k)
-        sents.append(JudgeSentence(int(sids[i]), by_sid[int(sids[i])], int(labels[i]), int(preds[i]), sal_i))
-    label_names = [str(s) for s in (info.get("label_names") or p.clf.label_names)]
+            sal[m] = (str(r.salient_word), k)
+        sents.append(JudgeSentence(int(r.sid), str(r.text), int(r.label), int(r.pred), sal))
+    label_names = [str(s) for s in info["label_names"]]
     task = task_of(str(cfg.dataset), label_names)
     meta = {"config": cfg.to_dict(), "dataset": str(cfg.dataset), "model": str(cfg.model), "layer_in": int(cfg.layer_in),
-            "layer_out": int(cfg.layer_out), "methods": names, "membership": membership, "n_dev": int(len(first)),
-            "n_no_salient_word": int(len(first) - len(ok)), "n_empty_concept": empty, "n_with_salient_word": len(sents)}
+            "layer_out": int(cfg.layer_out), "methods": names, "membership": membership, "n_dev": int(len(tab)),
+            "n_no_salient_word": int(len(tab) - len(has)), "n_empty_concept": empty, "n_with_salient_word": len(sents)}
     return (sents, concepts, label_names, task, meta) if with_meta else (sents, concepts, label_names, task)
 
 # %% ../nbs/10e_judge_run.ipynb #e4507be6

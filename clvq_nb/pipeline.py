@@ -501,16 +501,24 @@ def run_method(name: str, p: Prepared, run: Run, salient, progress: bool = True,
 
 # %% ../nbs/11b_pipeline.ipynb #948f7662
 def dev_sentence_table(p: Prepared, salient, concepts: dict[str, np.ndarray]) -> pd.DataFrame:
-    "One row per dev sentence of the cache: sid, text, label, pred, salient word, `concept_<method>` (-1: no salient word)."
+    """One row per dev sentence of the cache: sid, text, label, pred, `salient_word`, `salient_row` (its row in the dev
+    cache, the vector the concept-removal test reads; -1: no salient word) and `concept_<method>` (-1: no salient word).
+    `concepts`: {method: concept id of every dev-cache token}."""
+    from clvq_nb.metrics import salient_rows
     toks, off = p.dev_cache.tokens, np.asarray(p.dev_cache.sentence_offsets)
     first = off[:-1]
     sid = toks["sid"].to_numpy()[first]
     by_sid = dict(zip(p.data["dev"]["sid"], p.data["dev"]["text"]))
-    idx = np.asarray(salient.index)
+    rows = salient_rows(p.dev_cache, salient.index)          # the rows evaluate_removal reads
+    words = toks["word"].astype(str).to_numpy()
+    for i in np.flatnonzero(rows >= 0):                        # the cache row must hold the word IG chose
+        if words[rows[i]] != salient.word(i):
+            raise ClvqError(f"the salient words (salient.json) do not match the dev cache (sentence {i}: {salient.word(i)!r} vs "
+                            f"{words[rows[i]]!r}); delete salient.json in the run folder and rerun `clvq compare`")
     df = pd.DataFrame({"sid": sid, "text": [by_sid[int(s)] for s in sid], "label": toks["label"].to_numpy()[first],
-                       "pred": toks["pred"].to_numpy()[first], "salient_row": idx,
-                       "salient_word": [toks["word"].iat[i] if i >= 0 else "" for i in idx]})
-    for m, tc in concepts.items(): df[f"concept_{m}"] = np.where(idx >= 0, np.asarray(tc)[np.maximum(idx, 0)], -1)
+                       "pred": toks["pred"].to_numpy()[first], "salient_row": rows,
+                       "salient_word": np.where(rows >= 0, words[np.maximum(rows, 0)], "")})
+    for m, tc in concepts.items(): df[f"concept_{m}"] = np.where(rows >= 0, np.asarray(tc)[np.maximum(rows, 0)], -1)
     return df
 
 def _dev_concepts(name: str, p: Prepared, run: Run) -> np.ndarray:
@@ -544,7 +552,7 @@ def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame:
     write_json(run.table_json, {"rows": table.to_dict("records"), "paper_reference": PAPER_REFERENCE, "config": cfg.to_dict()})
     comparison_figure(table).write_html(run.figure_html, include_plotlyjs="cdn")
     sents = dev_sentence_table(p, sal, {m: _dev_concepts(m, p, run) for m in cfg.method_list()})
-    sents.to_parquet(run.sentences_parquet, index=False)
+    run.write_dev_sentences(sents)
     keep = ["acc_original", "acc_removed", "acc_random", "relative_drop", "random_relative_drop", "drop_vs_random",
             "dev_fvu", "dev_perplexity", "dev_dead_fraction"]
     write_json(run.metrics_json, {"dev_accuracy": float(p.clf.dev_accuracy), "train_tokens": int(p.train_cache.n_tokens),

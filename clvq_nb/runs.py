@@ -18,7 +18,7 @@ from .config import ClvqError, read_json, write_json
 __all__ = ['LAYOUT_VERSION', 'Run']
 
 # %% ../nbs/00a_runs.ipynb #b6912bd2
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3   # 3: dev_sentences.parquet holds the salient word's cache row (2 held its index in the sentence)
 
 class Run:
     "The folder of one experiment: its paths, its `run.json`, and the tables later stages read."
@@ -83,12 +83,26 @@ def table(self: Run) -> pd.DataFrame:
     if not self.table_exists(): raise ClvqError(f"{self.path} has no comparison table yet: the run did not finish its methods")
     return pd.read_csv(self.path / Run.files["table_csv"])
 
+_RERUN = "rerun `clvq compare` with this run's settings (it reuses the finished methods)"
+_SENTENCES_SINCE = 3   # the oldest layout whose dev-sentence table this version reads
+
+@patch
+def write_dev_sentences(self: Run, df: pd.DataFrame) -> None:
+    "Write the dev-sentence table, stamped with the layout version it follows."
+    df = df.copy(); df.attrs["layout"] = LAYOUT_VERSION   # pandas keeps `attrs` in the parquet file
+    df.to_parquet(self.path / Run.files["sentences_parquet"], index=False)
+
 @patch
 def dev_sentences(self: Run) -> pd.DataFrame:
-    "One row per dev sentence: sid, text, label, pred, salient word, and one `concept_<method>` column per method."
+    """One row per dev sentence: sid, text, label, pred, `salient_word`, `salient_row` (its row in the dev activation
+    cache; -1: no salient word) and one `concept_<method>` column per method (-1: no salient word)."""
     p = self.path / Run.files["sentences_parquet"]
-    if not p.exists(): raise ClvqError(f"{p} is missing: it is written when the comparison finishes (rerun `clvq main`)")
-    return pd.read_parquet(p)
+    if not p.exists(): raise ClvqError(f"{p} is missing: `clvq compare` (and `clvq main`) write it when the comparison finishes; {_RERUN}")
+    df = pd.read_parquet(p)
+    if (v := df.attrs.get("layout", 2)) < _SENTENCES_SINCE:
+        raise ClvqError(f"{p} was written by an older clvq_nb (layout {v}; this one reads layout {_SENTENCES_SINCE} and later), "
+                        f"whose salient words are misplaced; {_RERUN}")
+    return df
 
 @patch
 def clear_results(self: Run) -> list[str]:

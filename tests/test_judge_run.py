@@ -201,3 +201,90 @@ def test_sampled_membership(tiny_run, tmp_path):
     s2, c2, _, _ = judge_inputs(run, methods=["kmeans"], membership="sampled")
     assert c1 == c2 and [s.salient for s in s1] == [s.salient for s in s2]
     assert (run / "judge" / "membership-sampled" / "kmeans" / "concepts.json").exists()
+
+
+def _old_judge_inputs(run, p, membership, sampled_dir):
+    "What `judge_inputs` computed before it read the dev-sentence table: prepare's caches, IG's salient words, `method.assign`."
+    import torch
+    from clvq_nb.baselines import load_method
+    from clvq_nb.concepts import Concepts
+    from clvq_nb.judge import concept_views
+    from clvq_nb.judge_runner import sampled_concepts
+    from clvq_nb.metrics import salient_rows
+    from clvq_nb.pipeline import dev_salient
+    sal, dev, cfg = dev_salient(p, run, progress=False), p.dev_cache, p.cfg
+    toks = dev.tokens
+    first = np.asarray(dev.sentence_offsets, dtype=np.int64)[:-1]
+    rows = salient_rows(dev, sal.index)
+    ok = np.flatnonzero(rows >= 0)
+    words = toks["word"].astype(str).to_numpy()
+    x = torch.as_tensor(dev.layer(cfg.layer_in)[torch.as_tensor(rows[ok])]).float()
+    names = sorted(d.name for d in (run / "methods").iterdir())
+    concepts, ids = {}, {}
+    for m in names:
+        meth, cs = load_method(run / "methods" / m), Concepts.load(run / "methods" / m)
+        if membership == "sampled": cs = sampled_concepts(meth, p.train_cache, cfg.layer_in, sampled_dir / m, cfg.seed)
+        with torch.no_grad(): ids[m] = torch.as_tensor(meth.assign(x)).long().numpy()
+        concepts[m] = concept_views(cs)
+    text = dict(zip(p.data["dev"]["sid"], p.data["dev"]["text"]))
+    sents = []
+    for j, i in enumerate(ok):
+        sid = int(toks["sid"].to_numpy()[first][i])
+        sal_i = {m: (words[rows[i]], int(ids[m][j]) if int(ids[m][j]) in concepts[m] else None) for m in names}
+        sents.append(JudgeSentence(sid, text[sid], int(toks["label"].to_numpy()[first][i]), int(toks["pred"].to_numpy()[first][i]), sal_i))
+    return sents, concepts, list(p.clf.label_names), "movie"
+
+
+def test_judge_and_human_read_the_run_without_recomputing(tiny_run, tmp_path, monkeypatch):
+    "judge_inputs (both memberships) and study_from_run read the run folder only; they give what the old recomputing path gave."
+    import shutil
+    import clvq_nb.activations, clvq_nb.concepts, clvq_nb.data, clvq_nb.models, clvq_nb.pipeline
+    from clvq_nb.human import make_study_items, study_from_run
+    run, p = tiny_run
+    old = {mb: _old_judge_inputs(run, p, mb, tmp_path / "old-sampled") for mb in ("argmin", "sampled")}
+    shutil.rmtree(run / "judge" / "membership-sampled", ignore_errors=True)   # the sampled path must draw again, over the train cache
+    def recompute(*a, **k): raise AssertionError("the run folder's inputs were recomputed")
+    for mod, name in [(clvq_nb.pipeline, "prepare"), (clvq_nb.pipeline, "dev_salient"), (clvq_nb.data, "load_data"),
+                      (clvq_nb.models, "get_classifier"), (clvq_nb.activations, "get_activations"), (clvq_nb.concepts, "salient_tokens")]:
+        monkeypatch.setattr(mod, name, recompute)
+    for mb in ("argmin", "sampled"):
+        new = judge_inputs(run, membership=mb)
+        assert len(new[0]) == len(old[mb][0]) >= 0.8 * len(p.data["dev"])
+        assert new == old[mb], mb
+    assert (run / "judge" / "membership-sampled" / "kmeans" / "concepts.json").exists()
+    st = study_from_run(run, tmp_path / "study", n=8)
+    sents, concepts, names, _ = old["argmin"]
+    shown = [s for s in sents if all(k is not None for _, k in s.salient.values())]
+    assert st.label_names == names and st.items == make_study_items(shown, concepts, len(names), n=8)
+    assert {i.method for i in st.items} == {"kmeans", "sae"}
+
+
+def test_judge_inputs_need_the_dev_sentence_table(tiny_run, tmp_path):
+    "A run folder without the table, with a table of the old layout, or without its train cache (sampled): one clear error each."
+    import shutil
+    from clvq_nb.config import ClvqError, read_json, write_json
+    run, _ = tiny_run
+    cp = tmp_path / "run"
+    shutil.copytree(run, cp, ignore=shutil.ignore_patterns("judge", "train"))
+    f = cp / "dev_sentences.parquet"
+    old = pd.read_parquet(f); old.attrs = {}; old.to_parquet(f, index=False)    # as layout 2 wrote it
+    with pytest.raises(ClvqError, match="older clvq_nb.*rerun `clvq compare`"): judge_inputs(cp)
+    f.unlink()
+    with pytest.raises(ClvqError, match="dev_sentences.parquet is missing: `clvq compare`"): judge_inputs(cp)
+    shutil.copyfile(run / "dev_sentences.parquet", f)
+    info = read_json(cp / "run.json"); info["summary"]["train_cache"] = str(tmp_path / "gone")
+    write_json(cp / "run.json", info)
+    assert judge_inputs(cp)[0]                                                  # argmin never opens the train cache
+    with pytest.raises(JudgeError, match="train activation cache.*rerun `clvq compare`"): judge_inputs(cp, membership="sampled")
+
+
+def test_human_study_notebook_on_a_run(tiny_run, tmp_path):
+    "The explore notebook builds its study from a run folder (papermill -p run_dir), in <run>/human."
+    import subprocess, sys
+    run, _ = tiny_run
+    nb = Path(__file__).resolve().parents[1] / "nbs" / "explore" / "human_study.ipynb"
+    r = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "-k", "python3", "-p", "run_dir",
+                        str(run), "-p", "n", "4", "--cwd", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"8 items in {run / 'human'}" in (tmp_path / "out.ipynb").read_text()
+    assert json.loads((run / "human" / "study.json").read_text())["label_names"] == ["negative", "positive"]
