@@ -28,6 +28,7 @@ def find_notebook(name: str = "experiments/run.ipynb") -> Path | None:
     try: return notebook_path(name)
     except FileNotFoundError: return None
 
+# %% ../nbs/14_cli.ipynb #e423e416
 def print_summary(s: dict) -> None:
     "The main job's short summary: data and dropped rows, dev accuracy, cached tokens, caches, times, memory."
     print("\n== summary ==")
@@ -41,6 +42,7 @@ def print_summary(s: dict) -> None:
     print(f"timings (s)       {s['timings_s']}")
     if s.get("peak_memory_mb"): print(f"peak memory (MB)  {s['peak_memory_mb']}")
 
+# %% ../nbs/14_cli.ipynb #955bfa8b
 def print_table(t) -> None:
     "Print the comparison table's main columns."
     cols = [c for c in ["method", "acc_original", "acc_removed", "acc_random", "relative_drop", "drop_vs_random", "dev_fvu"] if c in t]
@@ -60,11 +62,13 @@ class Relay:
         return len(s)
     def flush(self): self.out.flush()
 
+# %% ../nbs/14_cli.ipynb #b754ca1c
 def _heartbeat(relay: Relay, stop: threading.Event, quiet_s: float, t0: float) -> None:
     while not stop.wait(1.0):
         if time.monotonic() - relay.last >= quiet_s:
             relay.write(f"[main] still working ({time.monotonic() - t0:.0f}s): {relay.stage}\n")
 
+# %% ../nbs/14_cli.ipynb #a26db407
 def execute_notebook(nb: Path, out_nb: Path, params: dict, quiet_s: float = 25.0, stream: bool = True) -> None:
     "Run `nb` with papermill (kernel python3) into `out_nb`, relaying the kernel's output with a heartbeat."
     import papermill as pm
@@ -126,6 +130,7 @@ def cmd_main(cfg: Exp, prepare_only: bool = False, no_notebook: bool = False, qu
     print(f"\nrun folder        {run.path}")
     return 0
 
+# %% ../nbs/14_cli.ipynb #6e4d2a64
 def cmd_compare(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
     "Every method on one dataset × model × layer pair; writes and prints the comparison table (no notebook)."
     from clvq_nb.pipeline import prepare, compare
@@ -135,6 +140,7 @@ def cmd_compare(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
     print(f"table: {run.table_csv}  figure: {run.figure_html}")
     return 0
 
+# %% ../nbs/14_cli.ipynb #81ba1769
 def cmd_train(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
     "Train the CLVQ-VAE alone on the prepared caches; print reconstruction FVU and perplexity (held-out and dev)."
     from clvq_nb.pipeline import prepare
@@ -164,6 +170,7 @@ def _scalar(x: str):
         except ValueError: pass
     return {"true": True, "false": False}.get(x.lower(), x)
 
+# %% ../nbs/14_cli.ipynb #a3fc7d8b
 def cmd_sweep(set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (), grid: Optional[str] = None,
               out: str = "runs/sweep", notebook: Optional[str] = None, no_resume: bool = False, overwrite: bool = False,
               debug: bool = False) -> int:
@@ -192,6 +199,7 @@ def cmd_sweep(set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (), g
     print(f"summary: {Path(out) / 'summary.csv'}  figure: {Path(out) / 'summary.html'}")
     return 0 if (summary["status"] == "done").all() else 1
 
+# %% ../nbs/14_cli.ipynb #bd72f7e8
 def cmd_judge(cfg: Exp, run_dir: Optional[str] = None,
               judge: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (), backend: Optional[str] = None,
               model_name: Optional[str] = None, style: str = "paper", membership: str = "argmin", sampler: str = "paper",
@@ -228,6 +236,7 @@ def cmd_judge(cfg: Exp, run_dir: Optional[str] = None,
     print(t.attrs.get("text") or t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))   # the text names the files
     return 0
 
+# %% ../nbs/14_cli.ipynb #a8521816
 def cmd_notebooks(dest: tyro.conf.Positional[str], overwrite: bool = False, debug: bool = False) -> int:
     """Copy the experiment and explore notebooks (shipped in the package) to DEST, to run or edit them.
 
