@@ -111,6 +111,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int = 0, rank: int 
         out = [out[int(k)] for k in order]
     return out
 
+# %% ../nbs/06_trainer.ipynb #13d6d848
 def dataset_lengths(ds: Dataset) -> np.ndarray:
     "Tokens per sentence of `ds` (from `.lengths` when the dataset or the one under a `Subset` has it, else by reading every item)."
     if hasattr(ds, "lengths"): return np.asarray(ds.lengths)
@@ -136,6 +137,7 @@ def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+# %% ../nbs/06_trainer.ipynb #dddc9bf5
 def save_checkpoint(path: str | Path, ckpt: dict) -> Path:
     "Write `ckpt` with torch.save, atomically."
     with atomic_path(path) as tmp: torch.save(ckpt, tmp)
@@ -145,6 +147,7 @@ def load_checkpoint(path: str | Path) -> dict:
     "Load a checkpoint safely (`weights_only=True`: tensors and plain values only)."
     return torch.load(path, map_location="cpu", weights_only=True)
 
+# %% ../nbs/06_trainer.ipynb #0ffacd48
 def config_diff(saved: dict, now: dict, ignore: tuple = ()) -> list[str]:
     "Fields whose values differ between two config dicts, as 'name: saved -> now' strings."
     keys = sorted((set(saved) | set(now)) - set(ignore))
@@ -163,6 +166,7 @@ class _State:
     ref_val: float = math.inf  # the last validation loss that counted as a gain of min_delta (patience is measured from it)
     loss_sum: float = 0.0; loss_n: int = 0  # running training loss of the current epoch
 
+# %% ../nbs/06_trainer.ipynb #ab9ff760
 class Trainer:
     "Fit a `CLVQVAE` on sentence datasets of `(x [T, d_in], y [T, d_out])` pairs; `fit()` returns the epoch history."
     def __init__(self, model: CLVQVAE, cfg: TrainConfig | None = None, train_ds: Dataset | None = None,
@@ -201,11 +205,12 @@ class Trainer:
         self._best: dict | None = None
         self.stop_reason: str | None = None
 
-    @property
-    def is_main(self) -> bool: return self.rank == 0
+# %% ../nbs/06_trainer.ipynb #97c4dd6e
+@patch(as_prop=True)
+def is_main(self: Trainer) -> bool: return self.rank == 0
 
-    @property
-    def ckpt_path(self) -> Path | None: return self.out_dir / "checkpoint.pt" if self.out_dir else None
+@patch(as_prop=True)
+def ckpt_path(self: Trainer) -> Path | None: return self.out_dir / "checkpoint.pt" if self.out_dir else None
 
 # %% ../nbs/06_trainer.ipynb #a96080c9
 def _ckpt_meta(self: Trainer) -> dict:
@@ -228,6 +233,7 @@ def save(self: Trainer) -> Path | None:
             "versions": versions(), **_ckpt_meta(self)}
     return save_checkpoint(self.ckpt_path, ckpt)
 
+# %% ../nbs/06_trainer.ipynb #b889f342
 def _metrics_path(self: Trainer) -> Path | None: return self.out_dir / "metrics.jsonl" if self.out_dir else None
 
 @patch
@@ -236,6 +242,7 @@ def _log(self: Trainer, rec: dict) -> None:
     if self.is_main and self.out_dir:
         with open(_metrics_path(self), "a", encoding="utf-8") as f: f.write(json.dumps(rec) + "\n")
 
+# %% ../nbs/06_trainer.ipynb #b8d21b88
 @patch
 def resume(self: Trainer) -> bool:
     "Restore the state of `out_dir/checkpoint.pt` if there is one (and `cfg.resume`); True when resumed."
@@ -264,7 +271,6 @@ def resume(self: Trainer) -> bool:
     self.history = [r for r in lines if r.get("type") == "epoch"]
     return True
 
-
 # %% ../nbs/06_trainer.ipynb #6769539c
 def _check_finite(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
     for name, t in (("x (input layer)", x), ("y (target layer)", y)):
@@ -276,6 +282,7 @@ def _loader(ds: Dataset, batches: list[list[int]], collate_fn: Callable, num_wor
     # own generator: creating the iterator must not consume the global torch RNG (exact resume)
     return DataLoader(ds, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers, generator=torch.Generator())
 
+# %% ../nbs/06_trainer.ipynb #05746c26
 @torch.no_grad()
 def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_fn: Callable = collate_sentences,
                    device: str | torch.device | None = None, amp: bool = False, num_workers: int = 0,
@@ -307,12 +314,12 @@ def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_f
                 fvu=fvu_from_sums(stats[2:5 + dout]), perplexity=perplexity(counts), active_codes=int((counts > 0).sum()),
                 dead_fraction=dead_fraction(counts), n_tokens=int(stats[0]))
 
+# %% ../nbs/06_trainer.ipynb #0a1fe90e
 @patch
 def evaluate(self: Trainer, ds: Dataset | None = None) -> dict:
     "Eval-mode metrics on `ds` (default: the validation set); see `evaluate_model`."
     return evaluate_model(self.raw, self.val_ds if ds is None else ds, self.local_bs, self.collate_fn, self.device,
                           self.amp, self.cfg.num_workers, self.cfg.group_by_length)
-
 
 # %% ../nbs/06_trainer.ipynb #c8128c06
 def _stop_now(self: Trainer, t0: float) -> str | None:
@@ -325,6 +332,7 @@ def _stop_now(self: Trainer, t0: float) -> str | None:
         if over.item() > 0: reason = reason or "max_minutes"
     return reason
 
+# %% ../nbs/06_trainer.ipynb #93ec4dd7
 def _train_step(self: Trainer, x, y, mask) -> Any:
     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
         out = self.model(x, mask)
@@ -338,6 +346,7 @@ def _train_step(self: Trainer, x, y, mask) -> Any:
     self.opt.step()
     return out
 
+# %% ../nbs/06_trainer.ipynb #26aaa4a5
 def _train_loss(self: Trainer) -> float:
     "Mean training loss of the current epoch so far, over all ranks' batches."
     st = self.state
@@ -345,6 +354,7 @@ def _train_loss(self: Trainer) -> float:
     if self.world > 1: dist.all_reduce(tl)
     return float(tl[0] / tl[1].clamp(min=1))
 
+# %% ../nbs/06_trainer.ipynb #436ee53e
 def _validate(self: Trainer) -> None:
     "Validate, step the LR plateau schedule, keep the best weights, log an 'epoch' record and decide early stopping."
     st, c = self.state, self.cfg
@@ -370,6 +380,7 @@ def _validate(self: Trainer) -> None:
                    + f"  lr {rec['lr']:.2g}  ({rec['seconds']:.0f}s)")
     if st.bad_evals >= c.early_stop: st.finished, self.stop_reason = True, "early_stop"
 
+# %% ../nbs/06_trainer.ipynb #56b43035
 @torch.no_grad()
 def _init_from_sample(self: Trainer) -> None:
     "Codebook init from the encoder outputs of a seeded sample of about `init_tokens` training tokens (split over ranks)."
@@ -387,6 +398,7 @@ def _init_from_sample(self: Trainer) -> None:
     self.raw.train(was)
     q.init_codebook(torch.cat(zs))
 
+# %% ../nbs/06_trainer.ipynb #e7d3574e
 @patch
 def fit(self: Trainer) -> list[dict]:
     "Train until `epochs`, early stopping, `max_steps` or `max_minutes`; returns the per-epoch history (also in metrics.jsonl)."
@@ -440,7 +452,6 @@ def fit(self: Trainer) -> list[dict]:
     if self.is_main and self.out_dir: self.raw.save_pretrained(self.out_dir / "model")  # the last weights if no epoch was validated yet
     return self.history
 
-
 # %% ../nbs/06_trainer.ipynb #74271a15
 class SyntheticPairs(Dataset):
     "Sentences of `(x [T, d_in], y [T, d_out])`: x from `n_clusters` Gaussian blobs, y = tanh(x W) + mean-over-sentence term. For tests and demos."
@@ -470,6 +481,7 @@ class TrainResult:
     n_val: int = 0
     stop_reason: Optional[str] = None
 
+# %% ../nbs/06_trainer.ipynb #41325ccc
 def split_sentences(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
     "Seeded split of sentence ids `range(n)` into (train, val), each sorted; val gets `round(val_fraction·n)` (at least 1 if n > 1)."
     if not 0 <= val_fraction < 1: raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -477,6 +489,7 @@ def split_sentences(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[l
     n_val = min(max(int(round(val_fraction * n)), 1 if val_fraction > 0 and n > 1 else 0), n - 1) if n else 0
     return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
 
+# %% ../nbs/06_trainer.ipynb #d100d6c1
 def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict | None = None,
                   train_cfg: TrainConfig | dict | None = None, val_fraction: float = 0.1,
                   progress: bool = True, save: bool = True) -> TrainResult:
