@@ -14,24 +14,19 @@ import psutil
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .config import ConfigMixin, atomic_dir, get_device, read_json, seed_everything, write_json
 from .metrics import dead_fraction, fvu_from_sums, fvu_sums
 
 # %% auto #0
-__all__ = ['METHODS', 'ALIASES', 'nearest_live', 'keep_mask', 'fit_rows', 'gather_rows', 'iter_row_chunks', 'nearest_centroid',
+__all__ = ['METHODS', 'ALIASES', 'keep_mask', 'fit_rows', 'gather_rows', 'iter_row_chunks', 'nearest_centroid', 'nearest_live',
            'ConceptMethod', 'ward_linkage', 'ward_labels', 'ward_memory_bytes', 'available_memory',
            'AgglomerativeConfig', 'Agglomerative', 'KMeansConfig', 'KMeans', 'SAEConfig', 'CrossLayerSAE',
            'CLVQVAEMethodConfig', 'CLVQVAEMethod', 'SingleLayerVQVAE', 'get_method', 'load_method']
 
-# %% ../nbs/07_baselines.ipynb #f83dd070
-def nearest_live(x: torch.Tensor, C: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
-    "`nearest_centroid` restricted to the rows of `C` where `live` is True (all rows when `live` is None); ids index `C`."
-    if live is None: return nearest_centroid(x, C)
-    idx = torch.nonzero(live).reshape(-1)
-    return idx[nearest_centroid(x, C[idx])]
-
+# %% ../nbs/07_baselines.ipynb #55e0811b
 def keep_mask(cache) -> np.ndarray:
     "Frequency-filter mask of the cache's tokens: `[n_tokens]` bool (pandas DataFrame or pyarrow Table `tokens`)."
     t = cache.tokens
@@ -42,6 +37,7 @@ def fit_rows(cache, use_keep: bool = True) -> np.ndarray:
     "Row indices (sorted, int64) of the tokens a method fits on: the kept tokens, or all of them."
     return np.flatnonzero(keep_mask(cache)) if use_keep else np.arange(cache.n_tokens)
 
+# %% ../nbs/07_baselines.ipynb #d6bc59f7
 def gather_rows(X: torch.Tensor, rows: np.ndarray, chunk: int = 65536) -> torch.Tensor:
     "Rows `rows` (sorted) of a (memory-mapped) `X: [n, d]` as a float32 tensor `[len(rows), d]`, read in chunks."
     out = torch.empty(len(rows), X.shape[1], dtype=torch.float32)
@@ -51,10 +47,12 @@ def gather_rows(X: torch.Tensor, rows: np.ndarray, chunk: int = 65536) -> torch.
         else: out[i:i + len(r)] = X[torch.from_numpy(np.ascontiguousarray(r))].float()
     return out
 
+# %% ../nbs/07_baselines.ipynb #506a49a5
 def iter_row_chunks(rows: np.ndarray, chunk: int):
     "Split sorted `rows` into consecutive pieces of at most `chunk` rows."
     for i in range(0, len(rows), chunk): yield rows[i:i + chunk]
 
+# %% ../nbs/07_baselines.ipynb #41ca106b
 def nearest_centroid(x: torch.Tensor, C: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
     "Index of the nearest row of `C: [K, d]` (squared L2) for each row of `x: [N, d]` -> `LongTensor [N]`, chunked."
     C = C.float(); c2 = (C * C).sum(1)
@@ -63,6 +61,13 @@ def nearest_centroid(x: torch.Tensor, C: torch.Tensor, chunk: int = 16384) -> to
         xb = x[i:i + chunk].float()
         out[i:i + len(xb)] = (c2[None] - 2 * xb @ C.T).argmin(1)  # ||x||² is the same for every centroid
     return out
+
+# %% ../nbs/07_baselines.ipynb #f83dd070
+def nearest_live(x: torch.Tensor, C: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    "`nearest_centroid` restricted to the rows of `C` where `live` is True (all rows when `live` is None); ids index `C`."
+    if live is None: return nearest_centroid(x, C)
+    idx = torch.nonzero(live).reshape(-1)
+    return idx[nearest_centroid(x, C[idx])]
 
 # %% ../nbs/07_baselines.ipynb #a3fc9384
 class ConceptMethod:
@@ -100,89 +105,99 @@ class ConceptMethod:
     def _check_fitted(self):
         if not self.fitted: raise RuntimeError(f"{self.name}: call fit(cache, l_in, l_out) (or load(dir)) first")
 
-    def _resolve_layers(self, cache, l_in: int, l_out: int | None) -> int:
-        layers = list(cache.layers)
-        if l_out is None: l_out = l_in
-        for nm, l in (("l_in", l_in), ("l_out", l_out)):
-            if l not in layers: raise ValueError(f"{self.name}: {nm}={l} is not a layer of the cache; cached layers: {layers}")
-        return l_out
-
-    def fit(self, cache, l_in: int, l_out: int | None = None, progress: bool = True) -> "ConceptMethod":
-        "Learn the concepts from `cache` (an `ActivationCache`): tokens of layer `l_in` (and `l_out`). Returns self."
-        l_out = self._resolve_layers(cache, l_in, l_out)
-        self.l_in, self.l_out = int(l_in), int(l_out)
-        self.d_in, self.d_out = int(cache.dim(l_in)), int(cache.dim(l_out))
-        t0 = time.perf_counter()
-        try: self._fit(cache, progress=progress)
-        except BaseException:
-            self.d_in = None; raise
-        self.info["fit_seconds"] = round(time.perf_counter() - t0, 3)
-        return self
-
-    def _count_members(self, cache, rows: np.ndarray, chunk: int = 65536) -> torch.Tensor:
-        "Concept sizes over the fit tokens `rows` of layer `l_in`, assigned chunk by chunk -> `[K]`."
-        X, counts = cache.layer(self.l_in), torch.zeros(self.n_concepts, dtype=torch.long)
-        for r in iter_row_chunks(rows, chunk): counts += torch.bincount(self.assign(gather_rows(X, r)), minlength=self.n_concepts)
-        return counts
-
-    @torch.no_grad()
-    def assign(self, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
-        "Concept id of each token vector: `x: [N, d_in]` (layer `l_in`) -> `LongTensor [N]`."
-        self._check_fitted()
-        x = torch.as_tensor(x)
-        if x.ndim != 2 or x.shape[1] != self.d_in:
-            raise ValueError(f"{self.name}: assign expects token vectors of shape [N, d_in={self.d_in}] (layer {self.l_in}); "
-                             f"got {tuple(x.shape)}. Pass layer-{self.l_in} activations, one row per token.")
-        if len(x) == 0: return torch.zeros(0, dtype=torch.long)
-        if self.counts is not None and int(self.counts.sum()) == 0: raise RuntimeError(f"{self.name}: no concept has members")
-        return torch.cat([self._assign(x[i:i + batch_size].float()) for i in range(0, len(x), batch_size)])
-
-    def concept_vector(self, k: int, allow_empty: bool = False) -> torch.Tensor:
-        "Direction `[d_in]` or subspace `[r, d_in]` of concept `k` in layer `l_in`; empty concepts raise unless `allow_empty`."
-        self._check_fitted()
-        k = int(k)
-        if not 0 <= k < self.n_concepts:
-            raise IndexError(f"{self.name}: concept id {k} is out of range; this method has {self.n_concepts} concepts (0..{self.n_concepts - 1})")
-        if not allow_empty and self.counts is not None and int(self.counts[k]) == 0:
-            raise ValueError(f"{self.name}: concept {k} is empty: none of the {int(self.counts.sum())} fit tokens belongs to it, "
-                             f"so it has no vector to remove. Use a concept with members (counts > 0; "
-                             f"{int((self.counts > 0).sum())} of {self.n_concepts} have some) or pass allow_empty=True.")
-        return self._vector(k)
-
     # --- saving -------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]: raise NotImplementedError
     def _load_state(self, t: dict[str, torch.Tensor], path: Path): raise NotImplementedError
     def _save_extra(self, path: Path): pass
 
-    def save(self, path: str | Path) -> Path:
-        "Write `method.json` (method, config, layers, widths, counts, fit info) and `tensors.safetensors` to folder `path`."
-        self._check_fitted()
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            t = {k: v.detach().cpu().contiguous() for k, v in self._state().items()}
-            if self.counts is not None: t["counts"] = self.counts
-            save_file(t, str(tmp / "tensors.safetensors"))
-            self._save_extra(tmp)
-            write_json(tmp / "method.json", dict(method=self.name, config=self.cfg.to_dict(), l_in=self.l_in, l_out=self.l_out,
-                                                 d_in=self.d_in, d_out=self.d_out, info=self.info))
-        return path
+# %% ../nbs/07_baselines.ipynb #5bd76ad4
+@patch
+def _count_members(self: ConceptMethod, cache, rows: np.ndarray, chunk: int = 65536) -> torch.Tensor:
+    "Concept sizes over the fit tokens `rows` of layer `l_in`, assigned chunk by chunk -> `[K]`."
+    X, counts = cache.layer(self.l_in), torch.zeros(self.n_concepts, dtype=torch.long)
+    for r in iter_row_chunks(rows, chunk): counts += torch.bincount(self.assign(gather_rows(X, r)), minlength=self.n_concepts)
+    return counts
 
-    @classmethod
-    def load(cls, path: str | Path) -> "ConceptMethod":
-        "Load a method saved with `save`; `ConceptMethod.load` dispatches on the saved method name."
-        path = Path(path)
-        if not (path / "method.json").exists():
-            raise FileNotFoundError(f"{path} holds no saved method (no method.json); save one with method.save(dir)")
-        meta = read_json(path / "method.json")
-        klass = cls if cls.name else _lookup(meta["method"])
-        if klass.name != meta["method"]:
-            raise ValueError(f"{path} holds a {meta['method']!r} method, not {klass.name!r}; use ConceptMethod.load or load_method")
-        obj = klass(klass.Config.from_dict(meta["config"]))
-        obj.l_in, obj.l_out, obj.d_in, obj.d_out, obj.info = meta["l_in"], meta["l_out"], meta["d_in"], meta["d_out"], meta.get("info", {})
-        t = load_file(str(path / "tensors.safetensors"))
-        obj.counts = t.pop("counts", None)
-        obj._load_state(t, path)
-        return obj
+@patch
+@torch.no_grad()
+def assign(self: ConceptMethod, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
+    "Concept id of each token vector: `x: [N, d_in]` (layer `l_in`) -> `LongTensor [N]`."
+    self._check_fitted()
+    x = torch.as_tensor(x)
+    if x.ndim != 2 or x.shape[1] != self.d_in:
+        raise ValueError(f"{self.name}: assign expects token vectors of shape [N, d_in={self.d_in}] (layer {self.l_in}); "
+                         f"got {tuple(x.shape)}. Pass layer-{self.l_in} activations, one row per token.")
+    if len(x) == 0: return torch.zeros(0, dtype=torch.long)
+    if self.counts is not None and int(self.counts.sum()) == 0: raise RuntimeError(f"{self.name}: no concept has members")
+    return torch.cat([self._assign(x[i:i + batch_size].float()) for i in range(0, len(x), batch_size)])
+
+# %% ../nbs/07_baselines.ipynb #f2d1d3a8
+@patch
+def _resolve_layers(self: ConceptMethod, cache, l_in: int, l_out: int | None) -> int:
+    layers = list(cache.layers)
+    if l_out is None: l_out = l_in
+    for nm, l in (("l_in", l_in), ("l_out", l_out)):
+        if l not in layers: raise ValueError(f"{self.name}: {nm}={l} is not a layer of the cache; cached layers: {layers}")
+    return l_out
+
+@patch
+def fit(self: ConceptMethod, cache, l_in: int, l_out: int | None = None, progress: bool = True) -> "ConceptMethod":
+    "Learn the concepts from `cache` (an `ActivationCache`): tokens of layer `l_in` (and `l_out`). Returns self."
+    l_out = self._resolve_layers(cache, l_in, l_out)
+    self.l_in, self.l_out = int(l_in), int(l_out)
+    self.d_in, self.d_out = int(cache.dim(l_in)), int(cache.dim(l_out))
+    t0 = time.perf_counter()
+    try: self._fit(cache, progress=progress)
+    except BaseException:
+        self.d_in = None; raise
+    self.info["fit_seconds"] = round(time.perf_counter() - t0, 3)
+    return self
+
+# %% ../nbs/07_baselines.ipynb #e095fdfc
+@patch
+def concept_vector(self: ConceptMethod, k: int, allow_empty: bool = False) -> torch.Tensor:
+    "Direction `[d_in]` or subspace `[r, d_in]` of concept `k` in layer `l_in`; empty concepts raise unless `allow_empty`."
+    self._check_fitted()
+    k = int(k)
+    if not 0 <= k < self.n_concepts:
+        raise IndexError(f"{self.name}: concept id {k} is out of range; this method has {self.n_concepts} concepts (0..{self.n_concepts - 1})")
+    if not allow_empty and self.counts is not None and int(self.counts[k]) == 0:
+        raise ValueError(f"{self.name}: concept {k} is empty: none of the {int(self.counts.sum())} fit tokens belongs to it, "
+                         f"so it has no vector to remove. Use a concept with members (counts > 0; "
+                         f"{int((self.counts > 0).sum())} of {self.n_concepts} have some) or pass allow_empty=True.")
+    return self._vector(k)
+
+# %% ../nbs/07_baselines.ipynb #dd924ed9
+@patch
+def save(self: ConceptMethod, path: str | Path) -> Path:
+    "Write `method.json` (method, config, layers, widths, counts, fit info) and `tensors.safetensors` to folder `path`."
+    self._check_fitted()
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        t = {k: v.detach().cpu().contiguous() for k, v in self._state().items()}
+        if self.counts is not None: t["counts"] = self.counts
+        save_file(t, str(tmp / "tensors.safetensors"))
+        self._save_extra(tmp)
+        write_json(tmp / "method.json", dict(method=self.name, config=self.cfg.to_dict(), l_in=self.l_in, l_out=self.l_out,
+                                             d_in=self.d_in, d_out=self.d_out, info=self.info))
+    return path
+
+@patch(cls_method=True)
+def load(cls: ConceptMethod, path: str | Path) -> "ConceptMethod":
+    "Load a method saved with `save`; `ConceptMethod.load` dispatches on the saved method name."
+    path = Path(path)
+    if not (path / "method.json").exists():
+        raise FileNotFoundError(f"{path} holds no saved method (no method.json); save one with method.save(dir)")
+    meta = read_json(path / "method.json")
+    klass = cls if cls.name else _lookup(meta["method"])
+    if klass.name != meta["method"]:
+        raise ValueError(f"{path} holds a {meta['method']!r} method, not {klass.name!r}; use ConceptMethod.load or load_method")
+    obj = klass(klass.Config.from_dict(meta["config"]))
+    obj.l_in, obj.l_out, obj.d_in, obj.d_out, obj.info = meta["l_in"], meta["l_out"], meta["d_in"], meta["d_out"], meta.get("info", {})
+    t = load_file(str(path / "tensors.safetensors"))
+    obj.counts = t.pop("counts", None)
+    obj._load_state(t, path)
+    return obj
 
 # %% ../nbs/07_baselines.ipynb #b4e62b3f
 def ward_linkage(X: np.ndarray) -> np.ndarray:
@@ -217,6 +232,7 @@ def ward_linkage(X: np.ndarray) -> np.ndarray:
     del D
     return _relabel(Z[np.argsort(Z[:, 2], kind="mergesort")], n)
 
+# %% ../nbs/07_baselines.ipynb #b377c382
 def _relabel(Z: np.ndarray, n: int) -> np.ndarray:
     "scipy's cluster numbering of a distance-sorted merge list: the merge in row i makes cluster n + i."
     parent = np.arange(2 * n - 1); csize = np.concatenate([np.ones(n, np.int64), np.zeros(n - 1, np.int64)])
@@ -231,6 +247,7 @@ def _relabel(Z: np.ndarray, n: int) -> np.ndarray:
         parent[rx] = parent[ry] = n + i; csize[n + i] = csize[rx] + csize[ry]; Z[i, 3] = csize[n + i]
     return Z
 
+# %% ../nbs/07_baselines.ipynb #a2b60a2b
 def ward_labels(X: np.ndarray, n_clusters: int) -> np.ndarray:
     "Cluster labels `[n]` of `AgglomerativeClustering(n_clusters, linkage='ward').fit_predict(X)`, from `ward_linkage`."
     from sklearn.cluster._agglomerative import _hc_cut
@@ -245,6 +262,7 @@ def available_memory() -> int:
     "Bytes of RAM available now (psutil)."
     return int(psutil.virtual_memory().available)
 
+# %% ../nbs/07_baselines.ipynb #1f05882f
 @dataclass
 class AgglomerativeConfig(ConfigMixin):
     n_clusters: int = 400          # K (ConceptX / the paper: 400)
@@ -263,6 +281,7 @@ def _check_k(name: str, k: int, n: int, what: str, l: int):
     if k > n: raise ValueError(f"{name}: {what}={k} exceeds the number of fit tokens N={n} (layer {l}); "
                                f"lower {what} to at most {n} or use a larger cache")
 
+# %% ../nbs/07_baselines.ipynb #6759a789
 class Agglomerative(ConceptMethod):
     "Ward agglomerative clustering of the layer-`l_in` tokens (ConceptX); concept vector = cluster centroid `[d_in]`."
     name, Config = "agglomerative", AgglomerativeConfig
@@ -270,38 +289,42 @@ class Agglomerative(ConceptMethod):
     @property
     def n_concepts(self) -> int: return self.cfg.n_clusters
 
-    def memory_bound(self) -> int:
-        "Largest estimated Ward memory (bytes) `fit` accepts."
-        c = self.cfg
-        return int(c.max_memory_bytes) if c.max_memory_bytes is not None else int(c.memory_fraction * available_memory())
-
-    def _fit(self, cache, progress=True):
-        c, rows = self.cfg, fit_rows(cache, self.cfg.use_keep)
-        n_all = len(rows)
-        if c.max_tokens is not None and n_all > c.max_tokens:
-            rows = np.sort(np.random.default_rng(c.seed).choice(rows, c.max_tokens, replace=False))
-        n = len(rows)
-        _check_k(self.name, c.n_clusters, n, "n_clusters", self.l_in)
-        est, bound = ward_memory_bytes(n), self.memory_bound()
-        if est > bound:
-            raise MemoryError(
-                f"agglomerative: Ward clustering of N={n:,} tokens needs about {est / 1e9:.1f} GB (4·N² bytes), above the "
-                f"bound of {bound / 1e9:.1f} GB ({'max_memory_bytes' if c.max_memory_bytes is not None else f'{c.memory_fraction:.0%} of available RAM'}). "
-                f"Use get_method('kmeans') (flat memory up to 1M tokens), or fit on a sample: "
-                f"max_tokens={int(math.sqrt(bound / 4)):,} fits.")
-        X = gather_rows(cache.layer(self.l_in), rows).numpy().astype(np.float64)
-        labels = ward_labels(X, c.n_clusters)  # = sklearn's AgglomerativeClustering(linkage="ward"), half the memory
-        lab = torch.from_numpy(labels.astype(np.int64))
-        self.counts = torch.bincount(lab, minlength=c.n_clusters)
-        sums = torch.zeros(c.n_clusters, X.shape[1], dtype=torch.float64).index_add_(0, lab, torch.from_numpy(X))
-        self.centroids = (sums / self.counts.clamp(min=1)[:, None]).float()  # [K, d_in]
-        self.labels_, self.rows_ = lab, torch.from_numpy(rows)
-        self.info.update(n_fit=n, n_candidates=n_all, memory_estimate_bytes=est)
-
     def _assign(self, x): return nearest_live(x, self.centroids, self.live)
     def _vector(self, k): return self.centroids[k].clone()
     def _state(self): return dict(centroids=self.centroids, labels_=self.labels_, rows_=self.rows_)
     def _load_state(self, t, path): self.centroids, self.labels_, self.rows_ = t["centroids"], t["labels_"], t["rows_"]
+
+# %% ../nbs/07_baselines.ipynb #4838a046
+@patch
+def memory_bound(self: Agglomerative) -> int:
+    "Largest estimated Ward memory (bytes) `fit` accepts."
+    c = self.cfg
+    return int(c.max_memory_bytes) if c.max_memory_bytes is not None else int(c.memory_fraction * available_memory())
+
+# %% ../nbs/07_baselines.ipynb #5fff99bf
+@patch
+def _fit(self: Agglomerative, cache, progress=True):
+    c, rows = self.cfg, fit_rows(cache, self.cfg.use_keep)
+    n_all = len(rows)
+    if c.max_tokens is not None and n_all > c.max_tokens:
+        rows = np.sort(np.random.default_rng(c.seed).choice(rows, c.max_tokens, replace=False))
+    n = len(rows)
+    _check_k(self.name, c.n_clusters, n, "n_clusters", self.l_in)
+    est, bound = ward_memory_bytes(n), self.memory_bound()
+    if est > bound:
+        raise MemoryError(
+            f"agglomerative: Ward clustering of N={n:,} tokens needs about {est / 1e9:.1f} GB (4·N² bytes), above the "
+            f"bound of {bound / 1e9:.1f} GB ({'max_memory_bytes' if c.max_memory_bytes is not None else f'{c.memory_fraction:.0%} of available RAM'}). "
+            f"Use get_method('kmeans') (flat memory up to 1M tokens), or fit on a sample: "
+            f"max_tokens={int(math.sqrt(bound / 4)):,} fits.")
+    X = gather_rows(cache.layer(self.l_in), rows).numpy().astype(np.float64)
+    labels = ward_labels(X, c.n_clusters)  # = sklearn's AgglomerativeClustering(linkage="ward"), half the memory
+    lab = torch.from_numpy(labels.astype(np.int64))
+    self.counts = torch.bincount(lab, minlength=c.n_clusters)
+    sums = torch.zeros(c.n_clusters, X.shape[1], dtype=torch.float64).index_add_(0, lab, torch.from_numpy(X))
+    self.centroids = (sums / self.counts.clamp(min=1)[:, None]).float()  # [K, d_in]
+    self.labels_, self.rows_ = lab, torch.from_numpy(rows)
+    self.info.update(n_fit=n, n_candidates=n_all, memory_estimate_bytes=est)
 
 # %% ../nbs/07_baselines.ipynb #f4c93a83
 def _have_faiss() -> bool:
@@ -310,6 +333,7 @@ def _have_faiss() -> bool:
         return True
     except ImportError: return False
 
+# %% ../nbs/07_baselines.ipynb #949691b8
 @dataclass
 class KMeansConfig(ConfigMixin):
     n_clusters: int = 400
@@ -324,6 +348,7 @@ class KMeansConfig(ConfigMixin):
         if self.backend not in ("auto", "faiss", "sklearn"): raise ValueError(f"backend must be 'auto', 'faiss' or 'sklearn', got {self.backend!r}")
         if self.n_clusters < 1: raise ValueError(f"n_clusters must be >= 1, got {self.n_clusters}")
 
+# %% ../nbs/07_baselines.ipynb #cb85f390
 class KMeans(ConceptMethod):
     "k-means of the layer-`l_in` tokens (faiss or scikit-learn), fitted on a seeded sample; concept vector = centroid `[d_in]`."
     name, Config = "kmeans", KMeansConfig
@@ -331,36 +356,38 @@ class KMeans(ConceptMethod):
     @property
     def n_concepts(self) -> int: return self.cfg.n_clusters
 
-    def _fit(self, cache, progress=True):
-        c, rows = self.cfg, fit_rows(cache, self.cfg.use_keep)
-        _check_k(self.name, c.n_clusters, len(rows), "n_clusters", self.l_in)
-        backend = c.backend
-        if backend == "auto": backend = "faiss" if _have_faiss() else "sklearn"
-        if backend == "faiss" and not _have_faiss(): raise ImportError("kmeans: backend='faiss' needs faiss-cpu (pip install faiss-cpu) or use backend='sklearn'")
-        n_sample = min(len(rows), c.max_points_per_centroid * c.n_clusters)
-        g = np.random.default_rng(c.seed)
-        sample = np.sort(g.choice(rows, n_sample, replace=False)) if n_sample < len(rows) else rows
-        xs = gather_rows(cache.layer(self.l_in), sample, c.chunk).numpy()
-        if backend == "faiss":
-            import faiss
-            km = faiss.Kmeans(xs.shape[1], c.n_clusters, niter=c.n_iter, nredo=c.n_init, seed=c.seed, verbose=False,
-                              max_points_per_centroid=math.ceil(n_sample / c.n_clusters) + 1)
-            km.train(np.ascontiguousarray(xs, dtype=np.float32))
-            C = torch.from_numpy(km.centroids.copy())
-        else:
-            from sklearn.cluster import MiniBatchKMeans
-            km = MiniBatchKMeans(n_clusters=c.n_clusters, init="k-means++", n_init=c.n_init, max_iter=c.n_iter,
-                                 batch_size=min(4096, n_sample), random_state=c.seed).fit(xs)
-            C = torch.from_numpy(km.cluster_centers_.astype(np.float32))
-        del xs
-        self.centroids = C  # [K, d_in]
-        self.counts = self._count_members(cache, rows, c.chunk)
-        self.info.update(n_fit=len(rows), n_sample=n_sample, backend=backend)
-
     def _assign(self, x): return nearest_live(x, self.centroids, self.live)
     def _vector(self, k): return self.centroids[k].clone()
     def _state(self): return dict(centroids=self.centroids)
     def _load_state(self, t, path): self.centroids = t["centroids"]
+
+# %% ../nbs/07_baselines.ipynb #1db55f34
+@patch
+def _fit(self: KMeans, cache, progress=True):
+    c, rows = self.cfg, fit_rows(cache, self.cfg.use_keep)
+    _check_k(self.name, c.n_clusters, len(rows), "n_clusters", self.l_in)
+    backend = c.backend
+    if backend == "auto": backend = "faiss" if _have_faiss() else "sklearn"
+    if backend == "faiss" and not _have_faiss(): raise ImportError("kmeans: backend='faiss' needs faiss-cpu (pip install faiss-cpu) or use backend='sklearn'")
+    n_sample = min(len(rows), c.max_points_per_centroid * c.n_clusters)
+    g = np.random.default_rng(c.seed)
+    sample = np.sort(g.choice(rows, n_sample, replace=False)) if n_sample < len(rows) else rows
+    xs = gather_rows(cache.layer(self.l_in), sample, c.chunk).numpy()
+    if backend == "faiss":
+        import faiss
+        km = faiss.Kmeans(xs.shape[1], c.n_clusters, niter=c.n_iter, nredo=c.n_init, seed=c.seed, verbose=False,
+                          max_points_per_centroid=math.ceil(n_sample / c.n_clusters) + 1)
+        km.train(np.ascontiguousarray(xs, dtype=np.float32))
+        C = torch.from_numpy(km.centroids.copy())
+    else:
+        from sklearn.cluster import MiniBatchKMeans
+        km = MiniBatchKMeans(n_clusters=c.n_clusters, init="k-means++", n_init=c.n_init, max_iter=c.n_iter,
+                             batch_size=min(4096, n_sample), random_state=c.seed).fit(xs)
+        C = torch.from_numpy(km.cluster_centers_.astype(np.float32))
+    del xs
+    self.centroids = C  # [K, d_in]
+    self.counts = self._count_members(cache, rows, c.chunk)
+    self.info.update(n_fit=len(rows), n_sample=n_sample, backend=backend)
 
 # %% ../nbs/07_baselines.ipynb #185129e1
 @dataclass
@@ -384,104 +411,13 @@ class SAEConfig(ConfigMixin):
         if self.n_latents < 1 or self.r < 1 or self.epochs < 1: raise ValueError("n_latents, r and epochs must be >= 1")
         if self.activation == "topk" and not 1 <= self.k <= self.n_latents: raise ValueError(f"k must be in 1..n_latents, got {self.k}")
 
+# %% ../nbs/07_baselines.ipynb #f4efe208
 class CrossLayerSAE(ConceptMethod):
     "Cross-layer SAE `l_in -> l_out` (SAELens conventions); concept = argmax latent; concept vector = span of `r` encoder vectors `[r, d_in]`."
     name, Config, cross_layer = "sae", SAEConfig, True
 
     @property
     def n_concepts(self) -> int: return self.cfg.n_latents
-
-    def _init_params(self, d_in, d_out, g):
-        n = self.cfg.n_latents
-        W_dec = torch.randn(n, d_out, generator=g); W_dec /= W_dec.norm(dim=1, keepdim=True)
-        W_enc = torch.randn(d_in, n, generator=g) / math.sqrt(d_in)
-        self.params = dict(W_enc=W_enc, b_enc=torch.zeros(n), W_dec=W_dec, b_dec=torch.zeros(d_out))
-
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        "Encoder pre-activations: `x: [N, d_in]` (raw layer-`l_in` vectors) -> `[N, n_latents]`."
-        p = self.params
-        return (x * self.x_scale) @ p["W_enc"] + p["b_enc"]
-
-    def _act(self, pre):
-        f = F.relu(pre)
-        if self.cfg.activation == "topk":
-            v, i = f.topk(self.cfg.k, dim=-1)
-            f = torch.zeros_like(f).scatter_(-1, i, v)
-        return f
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        "Latent activations `f: [N, n_latents]` of raw layer-`l_in` vectors `x: [N, d_in]`."
-        return self._act(self.pre_acts(x))
-
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        "Reconstruction of layer `l_out` in raw units: `f: [N, n_latents]` -> `[N, d_out]`."
-        return (f @ self.params["W_dec"] + self.params["b_dec"]) / self.y_scale
-
-    def _fit(self, cache, progress=True):
-        c = self.cfg
-        rows = fit_rows(cache, c.use_keep)
-        if len(rows) == 0: raise ValueError(f"sae: the cache has no fit tokens (keep mask is all False)")
-        dev = get_device(c.device)
-        seed_everything(c.seed)
-        g = torch.Generator().manual_seed(c.seed)
-        X, Y = cache.layer(self.l_in), cache.layer(self.l_out)
-        probe = np.sort(np.random.default_rng(c.seed).choice(rows, min(len(rows), 10_000), replace=False))
-        xp, yp = gather_rows(X, probe), gather_rows(Y, probe)
-        self.x_scale = math.sqrt(self.d_in) / xp.norm(dim=1).pow(2).mean().sqrt().item() if c.normalize else 1.0
-        self.y_scale = math.sqrt(self.d_out) / yp.norm(dim=1).pow(2).mean().sqrt().item() if c.normalize else 1.0
-        self._init_params(self.d_in, self.d_out, g)
-        self.params["b_dec"] = (yp * self.y_scale).mean(0)  # start at the mean target (SAELens' 'mean' init)
-        P = {k: v.to(dev).requires_grad_(True) for k, v in self.params.items()}
-        opt = torch.optim.Adam(P.values(), lr=c.lr)
-        l1 = c.l1_coeff if c.activation == "relu" else 0.0
-        chunks = list(iter_row_chunks(rows, c.chunk))
-        history, steps = [], math.ceil(len(rows) / c.batch_size) * c.epochs
-        bar = tqdm(total=steps, desc="sae", disable=not progress)
-        for ep in range(c.epochs):
-            tot = dict(mse=0.0, l1=0.0, l0=0.0, n=0); fsums = 0
-            fired = torch.zeros(c.n_latents, dtype=torch.bool, device=dev)
-            for ci in torch.randperm(len(chunks), generator=g).tolist():
-                r = chunks[ci]
-                xc, yc = gather_rows(X, r) * self.x_scale, gather_rows(Y, r) * self.y_scale
-                perm = torch.randperm(len(r), generator=g)
-                for i in range(0, len(r), c.batch_size):
-                    b = perm[i:i + c.batch_size]
-                    xb, yb = xc[b].to(dev), yc[b].to(dev)
-                    f = self._act(xb @ P["W_enc"] + P["b_enc"])
-                    rec = f @ P["W_dec"] + P["b_dec"]
-                    mse = F.mse_loss(rec, yb)
-                    sp = (f * P["W_dec"].norm(dim=1)).sum(-1).mean() if c.unit_decoder else f.sum(-1).mean()
-                    loss = mse + l1 * sp
-                    opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-                    with torch.no_grad():
-                        if c.unit_decoder: P["W_dec"] /= P["W_dec"].norm(dim=1, keepdim=True).clamp(min=1e-8)
-                        fired |= (f > 0).any(0)
-                        nb = len(b)
-                        tot["mse"] += mse.item() * nb; tot["l1"] += sp.item() * nb; tot["l0"] += (f > 0).sum().item()
-                        fsums = fsums + fvu_sums(rec, yb); tot["n"] += nb
-                    bar.update(1)
-            n = tot["n"]
-            history.append(dict(epoch=ep, mse=tot["mse"] / n, l1=tot["l1"] / n, l0=tot["l0"] / n,
-                                fvu=fvu_from_sums(fsums), dead_fraction=dead_fraction(fired.double())))
-            bar.set_postfix(mse=f"{history[-1]['mse']:.3f}", l0=f"{history[-1]['l0']:.1f}")
-        bar.close()
-        self.params = {k: v.detach().cpu() for k, v in P.items()}
-        self.info.update(n_fit=len(rows), history=history, x_scale=self.x_scale, y_scale=self.y_scale)
-        self._concept_stats(cache, rows)
-
-    @torch.no_grad()
-    def _concept_stats(self, cache, rows):
-        "Member counts and, per concept, the `r` latents spanning its subspace (mean activation over its members)."
-        n, r = self.cfg.n_latents, min(self.cfg.r, self.cfg.n_latents)
-        sums, counts, X = torch.zeros(n, n), torch.zeros(n, dtype=torch.long), cache.layer(self.l_in)
-        for rr in iter_row_chunks(rows, 4096):
-            pre = self.pre_acts(gather_rows(X, rr))
-            a = pre.argmax(1)  # = argmax of the latents when any fires (ReLU / TopK keep the order)
-            sums.index_add_(0, a, self._act(pre)); counts += torch.bincount(a, minlength=n)
-        means = sums / counts.clamp(min=1)[:, None]
-        means[torch.arange(n), torch.arange(n)] = float("inf")  # the concept's own latent comes first
-        self.top_latents = means.topk(r, dim=1).indices  # [n, r]
-        self.counts = counts
 
     def _assign(self, x):
         pre, live = self.pre_acts(x), self.live
@@ -498,6 +434,108 @@ class CrossLayerSAE(ConceptMethod):
         self.top_latents = t.pop("top_latents"); self.x_scale, self.y_scale = t.pop("scales").tolist()
         self.params = t
 
+# %% ../nbs/07_baselines.ipynb #db8ca795
+@patch
+def _init_params(self: CrossLayerSAE, d_in, d_out, g):
+    n = self.cfg.n_latents
+    W_dec = torch.randn(n, d_out, generator=g); W_dec /= W_dec.norm(dim=1, keepdim=True)
+    W_enc = torch.randn(d_in, n, generator=g) / math.sqrt(d_in)
+    self.params = dict(W_enc=W_enc, b_enc=torch.zeros(n), W_dec=W_dec, b_dec=torch.zeros(d_out))
+
+@patch
+def pre_acts(self: CrossLayerSAE, x: torch.Tensor) -> torch.Tensor:
+    "Encoder pre-activations: `x: [N, d_in]` (raw layer-`l_in` vectors) -> `[N, n_latents]`."
+    p = self.params
+    return (x * self.x_scale) @ p["W_enc"] + p["b_enc"]
+
+@patch
+def _act(self: CrossLayerSAE, pre):
+    f = F.relu(pre)
+    if self.cfg.activation == "topk":
+        v, i = f.topk(self.cfg.k, dim=-1)
+        f = torch.zeros_like(f).scatter_(-1, i, v)
+    return f
+
+@patch
+def encode(self: CrossLayerSAE, x: torch.Tensor) -> torch.Tensor:
+    "Latent activations `f: [N, n_latents]` of raw layer-`l_in` vectors `x: [N, d_in]`."
+    return self._act(self.pre_acts(x))
+
+@patch
+def decode(self: CrossLayerSAE, f: torch.Tensor) -> torch.Tensor:
+    "Reconstruction of layer `l_out` in raw units: `f: [N, n_latents]` -> `[N, d_out]`."
+    return (f @ self.params["W_dec"] + self.params["b_dec"]) / self.y_scale
+
+# %% ../nbs/07_baselines.ipynb #48b482e6
+@patch
+def _fit(self: CrossLayerSAE, cache, progress=True):
+    c = self.cfg
+    rows = fit_rows(cache, c.use_keep)
+    if len(rows) == 0: raise ValueError(f"sae: the cache has no fit tokens (keep mask is all False)")
+    dev = get_device(c.device)
+    seed_everything(c.seed)
+    g = torch.Generator().manual_seed(c.seed)
+    X, Y = cache.layer(self.l_in), cache.layer(self.l_out)
+    probe = np.sort(np.random.default_rng(c.seed).choice(rows, min(len(rows), 10_000), replace=False))
+    xp, yp = gather_rows(X, probe), gather_rows(Y, probe)
+    self.x_scale = math.sqrt(self.d_in) / xp.norm(dim=1).pow(2).mean().sqrt().item() if c.normalize else 1.0
+    self.y_scale = math.sqrt(self.d_out) / yp.norm(dim=1).pow(2).mean().sqrt().item() if c.normalize else 1.0
+    self._init_params(self.d_in, self.d_out, g)
+    self.params["b_dec"] = (yp * self.y_scale).mean(0)  # start at the mean target (SAELens' 'mean' init)
+    P = {k: v.to(dev).requires_grad_(True) for k, v in self.params.items()}
+    opt = torch.optim.Adam(P.values(), lr=c.lr)
+    l1 = c.l1_coeff if c.activation == "relu" else 0.0
+    chunks = list(iter_row_chunks(rows, c.chunk))
+    history, steps = [], math.ceil(len(rows) / c.batch_size) * c.epochs
+    bar = tqdm(total=steps, desc="sae", disable=not progress)
+    for ep in range(c.epochs):
+        tot = dict(mse=0.0, l1=0.0, l0=0.0, n=0); fsums = 0
+        fired = torch.zeros(c.n_latents, dtype=torch.bool, device=dev)
+        for ci in torch.randperm(len(chunks), generator=g).tolist():
+            r = chunks[ci]
+            xc, yc = gather_rows(X, r) * self.x_scale, gather_rows(Y, r) * self.y_scale
+            perm = torch.randperm(len(r), generator=g)
+            for i in range(0, len(r), c.batch_size):
+                b = perm[i:i + c.batch_size]
+                xb, yb = xc[b].to(dev), yc[b].to(dev)
+                f = self._act(xb @ P["W_enc"] + P["b_enc"])
+                rec = f @ P["W_dec"] + P["b_dec"]
+                mse = F.mse_loss(rec, yb)
+                sp = (f * P["W_dec"].norm(dim=1)).sum(-1).mean() if c.unit_decoder else f.sum(-1).mean()
+                loss = mse + l1 * sp
+                opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+                with torch.no_grad():
+                    if c.unit_decoder: P["W_dec"] /= P["W_dec"].norm(dim=1, keepdim=True).clamp(min=1e-8)
+                    fired |= (f > 0).any(0)
+                    nb = len(b)
+                    tot["mse"] += mse.item() * nb; tot["l1"] += sp.item() * nb; tot["l0"] += (f > 0).sum().item()
+                    fsums = fsums + fvu_sums(rec, yb); tot["n"] += nb
+                bar.update(1)
+        n = tot["n"]
+        history.append(dict(epoch=ep, mse=tot["mse"] / n, l1=tot["l1"] / n, l0=tot["l0"] / n,
+                            fvu=fvu_from_sums(fsums), dead_fraction=dead_fraction(fired.double())))
+        bar.set_postfix(mse=f"{history[-1]['mse']:.3f}", l0=f"{history[-1]['l0']:.1f}")
+    bar.close()
+    self.params = {k: v.detach().cpu() for k, v in P.items()}
+    self.info.update(n_fit=len(rows), history=history, x_scale=self.x_scale, y_scale=self.y_scale)
+    self._concept_stats(cache, rows)
+
+# %% ../nbs/07_baselines.ipynb #600e1e0e
+@patch
+@torch.no_grad()
+def _concept_stats(self: CrossLayerSAE, cache, rows):
+    "Member counts and, per concept, the `r` latents spanning its subspace (mean activation over its members)."
+    n, r = self.cfg.n_latents, min(self.cfg.r, self.cfg.n_latents)
+    sums, counts, X = torch.zeros(n, n), torch.zeros(n, dtype=torch.long), cache.layer(self.l_in)
+    for rr in iter_row_chunks(rows, 4096):
+        pre = self.pre_acts(gather_rows(X, rr))
+        a = pre.argmax(1)  # = argmax of the latents when any fires (ReLU / TopK keep the order)
+        sums.index_add_(0, a, self._act(pre)); counts += torch.bincount(a, minlength=n)
+    means = sums / counts.clamp(min=1)[:, None]
+    means[torch.arange(n), torch.arange(n)] = float("inf")  # the concept's own latent comes first
+    self.top_latents = means.topk(r, dim=1).indices  # [n, r]
+    self.counts = counts
+
 # %% ../nbs/07_baselines.ipynb #9a802216
 @dataclass
 class CLVQVAEMethodConfig(ConfigMixin):
@@ -512,24 +550,13 @@ class CLVQVAEMethodConfig(ConfigMixin):
         if bad: raise ValueError(f"model={{...}} must not set {bad}: they come from the cache and codebook_size")
         if not 0 <= self.val_fraction < 1: raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
+# %% ../nbs/07_baselines.ipynb #6555dabd
 class CLVQVAEMethod(ConceptMethod):
     "Cross-layer VQ-VAE (`clvq_nb.clvqvae.CLVQVAE`) as a concept method: concept = code, concept vector = codebook vector `[d_in]`."
     name, Config, cross_layer = "clvqvae", CLVQVAEMethodConfig, True
 
     @property
     def n_concepts(self) -> int: return self.cfg.codebook_size
-
-    @classmethod
-    def from_model(cls, model, l_in: int | None = None, l_out: int | None = None, cache=None) -> "CLVQVAEMethod":
-        "Wrap a trained `CLVQVAE`; with `cache`, member counts are computed over its kept layer-`l_in` tokens."
-        mc = model.cfg
-        obj = cls(codebook_size=mc.codebook_size)
-        obj.model = model.eval()
-        obj.l_in = l_in if l_in is not None else mc.layer_in
-        obj.l_out = l_out if l_out is not None else mc.layer_out
-        obj.d_in, obj.d_out = mc.d_in, mc.d_out
-        if cache is not None: obj.counts = obj._count_members(cache, fit_rows(cache))
-        return obj
 
     def _check_pair(self, l_in, l_out):
         if l_out == l_in:
@@ -543,26 +570,6 @@ class CLVQVAEMethod(ConceptMethod):
         self._check_pair(l_in, l_in if l_out is None else l_out)
         return super().fit(cache, l_in, l_out, progress)
 
-    def _fit(self, cache, progress=True):
-        c = self.cfg
-        rows = fit_rows(cache)
-        _check_k(self.name, c.codebook_size, len(rows), "codebook_size", self.l_in)
-        from clvq_nb.trainer import train_clvqvae  # the one training path: same split, seeding and trainer
-        res = train_clvqvae(cache, self.l_in, self.l_out, {**c.model, "codebook_size": c.codebook_size},
-                            {"seed": c.seed, **c.train}, val_fraction=c.val_fraction, progress=progress,
-                            save=False)  # out_dir None: nothing written unless asked
-        self.model = res.model.eval().cpu()
-        self.info.update(n_sentences_train=res.n_train, n_sentences_val=res.n_val, history=res.history)
-        self.counts = self._count_members(cache, rows)
-
-    @torch.no_grad()
-    def _assign(self, x):
-        dev, live = next(self.model.parameters()).device, self.live
-        if live is not None:  # argmin over the codes with members (same squared-L2 rule as the quantizer)
-            return nearest_live(self.model.encoder(x.to(dev)).float().cpu(), self.model.concept_vectors().float().cpu(), live)
-        xb = x.to(dev)[:, None, :]  # each token is a one-token sentence: [n, 1, d_in]
-        return self.model.encode(xb, torch.ones(len(x), 1, dtype=torch.bool, device=dev)).reshape(-1).cpu().long()
-
     def _vector(self, k): return self.model.concept_vectors()[k].detach().cpu().clone()
     def _state(self): return {}
     def _save_extra(self, path): self.model.save_pretrained(path / "model")
@@ -570,6 +577,44 @@ class CLVQVAEMethod(ConceptMethod):
         from clvq_nb.clvqvae import CLVQVAE
         self.model = CLVQVAE.from_pretrained(path / "model").eval()
 
+# %% ../nbs/07_baselines.ipynb #c3c9925a
+@patch(cls_method=True)
+def from_model(cls: CLVQVAEMethod, model, l_in: int | None = None, l_out: int | None = None, cache=None) -> "CLVQVAEMethod":
+    "Wrap a trained `CLVQVAE`; with `cache`, member counts are computed over its kept layer-`l_in` tokens."
+    mc = model.cfg
+    obj = cls(codebook_size=mc.codebook_size)
+    obj.model = model.eval()
+    obj.l_in = l_in if l_in is not None else mc.layer_in
+    obj.l_out = l_out if l_out is not None else mc.layer_out
+    obj.d_in, obj.d_out = mc.d_in, mc.d_out
+    if cache is not None: obj.counts = obj._count_members(cache, fit_rows(cache))
+    return obj
+
+# %% ../nbs/07_baselines.ipynb #05a13514
+@patch
+def _fit(self: CLVQVAEMethod, cache, progress=True):
+    c = self.cfg
+    rows = fit_rows(cache)
+    _check_k(self.name, c.codebook_size, len(rows), "codebook_size", self.l_in)
+    from clvq_nb.trainer import train_clvqvae  # the one training path: same split, seeding and trainer
+    res = train_clvqvae(cache, self.l_in, self.l_out, {**c.model, "codebook_size": c.codebook_size},
+                        {"seed": c.seed, **c.train}, val_fraction=c.val_fraction, progress=progress,
+                        save=False)  # out_dir None: nothing written unless asked
+    self.model = res.model.eval().cpu()
+    self.info.update(n_sentences_train=res.n_train, n_sentences_val=res.n_val, history=res.history)
+    self.counts = self._count_members(cache, rows)
+
+# %% ../nbs/07_baselines.ipynb #e6629de3
+@patch
+@torch.no_grad()
+def _assign(self: CLVQVAEMethod, x):
+    dev, live = next(self.model.parameters()).device, self.live
+    if live is not None:  # argmin over the codes with members (same squared-L2 rule as the quantizer)
+        return nearest_live(self.model.encoder(x.to(dev)).float().cpu(), self.model.concept_vectors().float().cpu(), live)
+    xb = x.to(dev)[:, None, :]  # each token is a one-token sentence: [n, 1, d_in]
+    return self.model.encode(xb, torch.ones(len(x), 1, dtype=torch.bool, device=dev)).reshape(-1).cpu().long()
+
+# %% ../nbs/07_baselines.ipynb #1aa3b3dc
 class SingleLayerVQVAE(CLVQVAEMethod):
     "The CLVQ-VAE model with `l_out = l_in`: a single-layer VQ-VAE baseline."
     name = "vqvae"
@@ -589,6 +634,7 @@ def _lookup(name: str) -> type[ConceptMethod]:
         raise ValueError(f"unknown method {name!r}; accepted: {sorted(METHODS)} (aliases: {sorted(ALIASES)})")
     return METHODS[key]
 
+# %% ../nbs/07_baselines.ipynb #1730eeab
 def get_method(name: str, **kw) -> ConceptMethod:
     "A new, unfitted concept method by registry name (`agglomerative`, `kmeans`, `vqvae`, `clvqvae`, `sae`); `kw` = its config."
     return _lookup(name)(**kw)
