@@ -31,6 +31,7 @@ def _check(owner: str, ok: bool, name: str, value, fix: str) -> None:
     "Raise a `ClvqError` naming the field, its value and the fix when `ok` is false."
     if not ok: raise ClvqError(f"{owner}: {name}={value!r} {fix}")
 
+# %% ../nbs/10_pipeline.ipynb #8eb69833
 def _choice(owner: str, name: str, value, accepted) -> None:
     _check(owner, value in accepted, name, value, f"is not one of {list(accepted)}")
 
@@ -52,6 +53,7 @@ class DataConfig(ConfigMixin):
             try: codecs.lookup(self.encoding)
             except LookupError: _check("data", False, "encoding", self.encoding, "is not a codec Python knows; e.g. utf-8, latin-1, cp1252")
 
+# %% ../nbs/10_pipeline.ipynb #854fc238
 @dataclass
 class ClassifierConfig(ConfigMixin):
     "The model under study, fine-tuned (or reused from the cache) as a sequence classifier."
@@ -73,6 +75,7 @@ class ClassifierConfig(ConfigMixin):
                                         self.prompt_template, "must hold {text} exactly once")
         _check("classifier", self.max_train is None or self.max_train >= 1, "max_train", self.max_train, "must be >= 1 or None")
 
+# %% ../nbs/10_pipeline.ipynb #cac2e54b
 @dataclass
 class ActivationConfig(ConfigMixin):
     "Which hidden states: the layer pair and how sub-words become words."
@@ -110,6 +113,7 @@ class MethodConfig(ConfigMixin):
                f"names unknown methods {bad}; use 'all' or a comma list of {list(ALL_METHODS)}")
         return names
 
+# %% ../nbs/10_pipeline.ipynb #8cdc05f4
 @dataclass
 class TrainingConfig(ConfigMixin):
     "How the VQ models (CLVQ-VAE, single-layer VQ-VAE) train: a profile, then these settings on top."
@@ -135,6 +139,7 @@ class TrainingConfig(ConfigMixin):
         _check("training", self.train_minutes is None or self.train_minutes > 0, "train_minutes", self.train_minutes,
                "must be > 0, or None / 0 for no time cap")
 
+# %% ../nbs/10_pipeline.ipynb #ae339e8c
 @dataclass
 class EvalConfig(ConfigMixin):
     "How concept removal is evaluated."
@@ -168,6 +173,7 @@ def _leaf_fields() -> dict[str, str]:
 
 _FIELD_PART = _leaf_fields()
 
+# %% ../nbs/10_pipeline.ipynb #a1f0173f
 def _unknown(names, accepted) -> ClvqError:
     hints = {b: difflib.get_close_matches(b, list(accepted), n=1) for b in names}
     return ClvqError("unknown setting(s) " + ", ".join(f"{b!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for b, h in hints.items())
@@ -223,6 +229,7 @@ def config_fields() -> dict[str, Any]:
             if f.name in _FIELD_PART and _FIELD_PART[f.name] == part: out[f.name] = f.default
     return {k: out[k] for k in _FIELD_PART}
 
+# %% ../nbs/10_pipeline.ipynb #8fe91559
 def _paper_depth(cfg: ExperimentConfig) -> ActivationConfig:
     "The activations part with missing layers filled at the paper's relative depth for `cfg.model` (read from its config, no weights)."
     from clvq_nb.models import is_causal_lm, model_num_layers, paper_layers
@@ -234,6 +241,7 @@ def _paper_depth(cfg: ExperimentConfig) -> ActivationConfig:
     return ActivationConfig.from_dict({**a.to_dict(), "layer_in": lin if a.layer_in is None else a.layer_in,
                                        "layer_out": lout if a.layer_out is None else a.layer_out})
 
+# %% ../nbs/10_pipeline.ipynb #79e15338
 @patch
 def flat(self: ExperimentConfig) -> dict[str, Any]:
     "Leaf fields as one flat dict (what the command line and the notebook parameters hold)."
@@ -251,6 +259,7 @@ def from_dict(cls: ExperimentConfig, d: dict) -> ExperimentConfig:
     "Build from `to_dict()`'s nested form, or from flat leaf fields."
     return cls(**d)
 
+# %% ../nbs/10_pipeline.ipynb #4200149a
 @patch
 def replace(self: ExperimentConfig, **kw) -> ExperimentConfig:
     "A copy with some leaf fields changed (validated again)."
@@ -261,6 +270,7 @@ def key(self: ExperimentConfig) -> dict:
     "What identifies the experiment's results: every leaf field but where they are written."
     return {k: v for k, v in self.flat().items() if k not in _RUNTIME}
 
+# %% ../nbs/10_pipeline.ipynb #86cbd237
 @patch
 def vq_settings(self: ExperimentConfig, out_dir) -> tuple[dict, dict]:
     "CLVQVAEConfig and TrainConfig fields of the VQ models: the profile's, then this experiment's own."
@@ -272,6 +282,7 @@ def vq_settings(self: ExperimentConfig, out_dir) -> tuple[dict, dict]:
              "amp": t.amp, "seed": self.seed, "out_dir": str(out_dir)}
     return model, train
 
+# %% ../nbs/10_pipeline.ipynb #4ea2ffdc
 @patch
 def method_list(self: ExperimentConfig) -> list[str]:
     "The methods to run."
@@ -319,6 +330,7 @@ class Prepared:
     timings: dict = field(default_factory=dict)
     peak_mb: dict = field(default_factory=dict)   # process peak RSS after each stage
 
+# %% ../nbs/10_pipeline.ipynb #3541b2fd
 DROPPED = ("empty_text", "missing_label", "duplicate_text", "leakage_dev")  # the data's hygiene counts of dropped rows
 
 def _load(cfg: ExperimentConfig):
@@ -336,6 +348,7 @@ def _rank0_first():
     yield
     if dist.get_rank() == 0: dist.barrier()
 
+# %% ../nbs/10_pipeline.ipynb #a0a086d0
 def prompt_settings(cfg: ExperimentConfig) -> dict | None:
     "The prompt of a decoder LM under study (None for encoder classifiers, which are fine-tuned instead)."
     from clvq_nb.models import DEFAULT_TEMPLATE, is_causal_lm
@@ -343,6 +356,7 @@ def prompt_settings(cfg: ExperimentConfig) -> dict | None:
     return dict(template=cfg.prompt_template or DEFAULT_TEMPLATE, shots=cfg.shots, sentence_vector=cfg.sentence_vector,
                 dtype=cfg.lm_dtype, verbalisers=cfg.verbalisers.split(",") if cfg.verbalisers else None)
 
+# %% ../nbs/10_pipeline.ipynb #17e4b8d4
 def prepare(cfg: ExperimentConfig, progress: bool = True, log=print) -> Prepared:
     "Data -> fine-tuned classifier -> train/dev activation caches of `layer_in` and `layer_out` (all cached)."
     from clvq_nb.models import get_classifier
@@ -385,6 +399,7 @@ def inputs_fingerprint(p: Prepared) -> dict:
     return {"data": data_fingerprint(p.data),
             "classifier": Path(p.clf.path).name}
 
+# %% ../nbs/10_pipeline.ipynb #5f147f9d
 def summary(p: Prepared) -> dict:
     "The numbers the main job prints: data (and the rows it dropped), dev accuracy, cached tokens, caches, times, memory."
     return {"dataset": str(p.cfg.dataset), "data_name": str(getattr(p.data, "name", p.cfg.dataset)),
@@ -413,6 +428,7 @@ def method_for(name: str, cfg: ExperimentConfig, out: Path):
     if name == "sae": return get_method(name, epochs=cfg.sae_epochs, seed=cfg.seed)
     raise ClvqError(f"unknown method {name!r}; accepted: {list(ALL_METHODS)}")
 
+# %% ../nbs/10_pipeline.ipynb #f1c866b6
 def _flat(res: dict) -> dict:
     "One comparison-table row from `evaluate_removal`'s dict (CIs flattened to _ci_low/_ci_high)."
     row = {}
@@ -422,6 +438,7 @@ def _flat(res: dict) -> dict:
         elif isinstance(v, (int, float, str, bool)) or v is None: row[k] = v
     return row
 
+# %% ../nbs/10_pipeline.ipynb #efd4e478
 def dev_salient(p: Prepared, run: Run, progress: bool = True):
     "Salient word per dev sentence (IG on the classifier), over the words the dev cache holds; cached in the run."
     from clvq_nb.concepts import salient_tokens
@@ -436,6 +453,7 @@ def dev_salient(p: Prepared, run: Run, progress: bool = True):
     return salient_tokens(p.clf.model, p.clf.tokenizer, texts, wpt, n_steps=p.cfg.ig_steps,
                           cache_path=run.salient_json, progress=progress)
 
+# %% ../nbs/10_pipeline.ipynb #614c50ad
 def vq_metrics(method, cache, l_in: int, l_out: int, max_sentences: int = 512) -> dict:
     "Perplexity, dead fraction and reconstruction FVU of a (CL)VQ-VAE method on `cache` (first `max_sentences`): the trainer's evaluator."
     from torch.utils.data import Subset
@@ -471,6 +489,7 @@ def _fit_method(name: str, p: Prepared, run: Run, progress: bool, log: StageLog)
     if hist.exists(): shutil.copyfile(hist, out / "metrics.jsonl")
     return method
 
+# %% ../nbs/10_pipeline.ipynb #0fcae642
 def run_method(name: str, p: Prepared, run: Run, salient, progress: bool = True, log=print) -> dict:
     "Fit (or reload), extract concepts and evaluate concept removal for one method; returns its table row."
     from clvq_nb.concepts import extract_concepts
@@ -513,12 +532,14 @@ def dev_sentence_table(p: Prepared, salient, concepts: dict[str, np.ndarray]) ->
     for m, tc in concepts.items(): df[f"concept_{m}"] = np.where(idx >= 0, np.asarray(tc)[np.maximum(idx, 0)], -1)
     return df
 
+# %% ../nbs/10_pipeline.ipynb #a994b971
 def _dev_concepts(name: str, p: Prepared, run: Run) -> np.ndarray:
     "Concept id of each dev token under the saved method `name`."
     from clvq_nb.baselines import load_method
     from clvq_nb.concepts import assign_tokens
     return assign_tokens(load_method(run.method_dir(name)), p.dev_cache, p.cfg.layer_in, progress=False)
 
+# %% ../nbs/10_pipeline.ipynb #3b01b527
 def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame:
     "Run every method of `p.cfg` on the prepared caches; write the comparison table (CSV, JSON, plotly HTML) and the dev-sentence table."
     from clvq_nb.viz import comparison_figure
@@ -575,6 +596,7 @@ def check_parameters(ns: dict) -> ExperimentConfig:
     if unknown: raise _unknown(unknown, NOTEBOOK_PARAMETERS)
     return ExperimentConfig.from_flat({k: ns[k] for k in NOTEBOOK_PARAMETERS if k in ns})
 
+# %% ../nbs/10_pipeline.ipynb #83d1ed4b
 def parameters_cell() -> str:
     "The source of run.ipynb's parameters cell: every field with its default and help (kept equal by a test)."
     import inspect, re
