@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .config import ClvqError
 
@@ -74,6 +75,7 @@ class JudgeSentence:
         self.sid, self.label, self.pred = int(self.sid), int(self.label), int(self.pred)
         self.salient = {str(m): (str(w), None if k is None else int(k)) for m, (w, k) in self.salient.items()}
 
+# %% ../nbs/11_judge.ipynb #08171dd7
 def check_salient(sentences: Sequence[JudgeSentence], concepts: Mapping[str, Mapping[int, Any]],
                   methods: Sequence[str] | None = None, allow_empty: bool = False) -> list[str]:
     "The methods to judge (default: all of `concepts`), after checking every sentence names a known concept for each."
@@ -197,38 +199,45 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def records(self) -> list[dict]:
-        "All complete records (a truncated last line is ignored; a broken line elsewhere is an error)."
-        if not self.path.exists(): return []
-        raw = self.path.read_bytes()
-        lines = raw.split(b"\n")
-        tail_ok = raw.endswith(b"\n") or not raw
-        out = []
-        for i, line in enumerate(lines):
-            if not line.strip(): continue
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i == len(lines) - 1 and not tail_ok: break
-                raise JudgeError(f"{self.path}: line {i + 1} is not valid JSON (not the last line, so not a crash "
-                                 f"mid-write); fix or remove that line")
-        return out
+# %% ../nbs/11_judge.ipynb #604bd625
+@patch
+def records(self: ResultStore) -> list[dict]:
+    "All complete records (a truncated last line is ignored; a broken line elsewhere is an error)."
+    if not self.path.exists(): return []
+    raw = self.path.read_bytes()
+    lines = raw.split(b"\n")
+    tail_ok = raw.endswith(b"\n") or not raw
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and not tail_ok: break
+            raise JudgeError(f"{self.path}: line {i + 1} is not valid JSON (not the last line, so not a crash "
+                             f"mid-write); fix or remove that line")
+    return out
 
-    def done(self) -> set[tuple]:
-        return {tuple(r[k] for k in self.KEY) for r in self.records()}
+# %% ../nbs/11_judge.ipynb #5d58fa00
+@patch
+def done(self: ResultStore) -> set[tuple]:
+    return {tuple(r[k] for k in self.KEY) for r in self.records()}
 
-    def repair(self):
-        "Cut a partial last line left by a crash so the next append starts on a fresh line."
-        if not self.path.exists(): return
-        raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            with open(self.path, "r+b") as f: f.truncate(raw.rfind(b"\n") + 1); f.flush(); os.fsync(f.fileno())
+@patch
+def repair(self: ResultStore):
+    "Cut a partial last line left by a crash so the next append starts on a fresh line."
+    if not self.path.exists(): return
+    raw = self.path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        with open(self.path, "r+b") as f: f.truncate(raw.rfind(b"\n") + 1); f.flush(); os.fsync(f.fileno())
 
-    def append(self, record: dict) -> None:
-        "Append one record as a JSON line, flushed and fsynced."
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line); f.flush(); os.fsync(f.fileno())
+@patch
+def append(self: ResultStore, record: dict) -> None:
+    "Append one record as a JSON line, flushed and fsynced."
+    line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+    with open(self.path, "a", encoding="utf-8") as f:
+        f.write(line); f.flush(); os.fsync(f.fileno())
 
+# %% ../nbs/11_judge.ipynb #3857e424
 def load_results(paths) -> pd.DataFrame:
     "All judge records of one or more JSONL files as one DataFrame."
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)

@@ -36,6 +36,7 @@ class _Retry(Exception):
 def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
+# %% ../nbs/11b_backends.ipynb #3974552c
 class HTTPJudge:
     "An OpenAI-compatible chat-completions judge. The key comes from the environment variable named `api_key_env` only."
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 60.0,
@@ -63,29 +64,33 @@ class HTTPJudge:
         "What identifies this judge in result files (never the key)."
         return {"backend": "http", "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env}
 
-    def _key(self) -> str | None:
-        if self.api_key_env is None: return None
-        key = os.environ.get(self.api_key_env)
-        if not key: raise JudgeError(f"environment variable {self.api_key_env} is not set: export it with your API key "
-                                     f"(or pass api_key_env=None for an endpoint without authentication)")
-        return key
+# %% ../nbs/11b_backends.ipynb #f00f64f8
+@patch
+def _key(self: HTTPJudge) -> str | None:
+    if self.api_key_env is None: return None
+    key = os.environ.get(self.api_key_env)
+    if not key: raise JudgeError(f"environment variable {self.api_key_env} is not set: export it with your API key "
+                                 f"(or pass api_key_env=None for an endpoint without authentication)")
+    return key
 
-    def _wait_rate(self):
-        if not self.rate_limit: return
-        with self._lock:
-            now = time.monotonic()
-            wait = self._next_time - now
-            self._next_time = max(now, self._next_time) + 1.0 / self.rate_limit
-        if wait > 0: self.sleep(wait)
+@patch
+def _wait_rate(self: HTTPJudge):
+    if not self.rate_limit: return
+    with self._lock:
+        now = time.monotonic()
+        wait = self._next_time - now
+        self._next_time = max(now, self._next_time) + 1.0 / self.rate_limit
+    if wait > 0: self.sleep(wait)
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        "Exponential backoff, or the server's Retry-After (capped at `max_backoff`)."
-        e = state.outcome.exception()
-        ra = getattr(e, "retry_after", None)
-        if ra:
-            try: return min(max(float(ra), 0.0), self.max_backoff)
-            except ValueError: pass
-        return min(self.backoff * 2 ** (state.attempt_number - 1), self.max_backoff)
+@patch
+def _wait(self: HTTPJudge, state: tenacity.RetryCallState) -> float:
+    "Exponential backoff, or the server's Retry-After (capped at `max_backoff`)."
+    e = state.outcome.exception()
+    ra = getattr(e, "retry_after", None)
+    if ra:
+        try: return min(max(float(ra), 0.0), self.max_backoff)
+        except ValueError: pass
+    return min(self.backoff * 2 ** (state.attempt_number - 1), self.max_backoff)
 
 # %% ../nbs/11b_backends.ipynb #6fbc103c
 @patch
@@ -101,6 +106,7 @@ def _post(self: HTTPJudge, body: dict, headers: dict) -> str:
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise _Retry(f"malformed reply ({type(e).__name__}): {r.text[:200]}") from None
 
+# %% ../nbs/11b_backends.ipynb #80db0346
 @patch
 def complete(self: HTTPJudge, prompt: str) -> str:
     "The judge's reply text to `prompt` (retries transient failures; raises `JudgeError` after `max_retries`)."
@@ -139,6 +145,7 @@ def join_parts(parts: Sequence[str | Path], dest: str | Path, sha256: str | None
         if tmp.exists(): tmp.unlink()
     return dest
 
+# %% ../nbs/11b_backends.ipynb #0f3e2b3a
 def _package_dir(name: str, install: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -215,6 +222,7 @@ def score(self: HFJudge, prompt: str, prefixes: Sequence[str]) -> list[list[floa
             out.append([round(float(p), 6) for p in torch.softmax(logits[0, -1, choice].float(), -1)])
     return out
 
+# %% ../nbs/11b_backends.ipynb #d89a7ab7
 @patch
 def complete(self: HFJudge, prompt: str) -> str:
     "`Rating: N` with N the likeliest rating token after `Rating:` (its probabilities in `last_probs`)."
@@ -241,6 +249,7 @@ def make_backend(spec: str, api_key_env: str | None = "OPENAI_API_KEY", model: s
     name = DEFAULT_LOCAL_JUDGE if spec == "local" else spec
     return HFJudge(name, name=f"hf:{name}" if name in LOCAL_JUDGES else None, **kw)
 
+# %% ../nbs/11b_backends.ipynb #1480fa2b
 def judge_specs(specs: Sequence[str] | str) -> list[str]:
     "The judge specs with 'local' expanded to every offline judge (`LOCAL_JUDGES`), duplicates dropped, order kept."
     specs = [specs] if isinstance(specs, str) else list(specs)
