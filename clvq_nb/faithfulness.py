@@ -34,6 +34,7 @@ def protocol_caches(p, P: EvalProtocol, progress: bool = False):
     return tuple(get_activations(p.clf, p.data, layers, split=s, merge=P.subword_merge, progress=progress,
                                  dataset_name=str(p.cfg.dataset)) for s in ("train", "dev"))
 
+# %% ../nbs/10a_faithfulness.ipynb #de54ebad
 def fit_methods(p, P: EvalProtocol, seed: int, names: Sequence[str], out: Path, train_cache, progress: bool = False,
                 log=print) -> dict:
     "Each method of `names` fitted on `train_cache` with the experiment's settings, `seed` and the protocol's training side; saved in `out/<name>` and reused."
@@ -86,6 +87,7 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
             out["causal"].append(c); out["splice"].append(s)
     return out
 
+# %% ../nbs/10a_faithfulness.ipynb #59211a3f
 def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), methods: str | None = None,
                         causal: bool = True, ablation: bool = False, ig_steps: int | None = None, folds: int | None = None,
                         out_dir: str | Path | None = None, progress: bool = False, log=print) -> dict[str, pd.DataFrame]:
@@ -118,6 +120,7 @@ def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), 
                                      "seeds": list(seeds), "methods": names, "files": sorted(f"{k}.csv" for k in tables)})
     return tables
 
+# %% ../nbs/10a_faithfulness.ipynb #e693181d
 def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, causal: bool = False, progress: bool = False, log=print) -> pd.DataFrame:
     "From `sound`, one point at a time switched to `paper`: removal rows of every method per variant (training-side variants refit)."
     def fit(P):

@@ -87,6 +87,7 @@ def task_of(dataset: str, label_names: Sequence[str]) -> str | None:
     "The guidance key of `dataset` when its classes are the ones that guidance describes, else None."
     return dataset if list(TASK_LABELS.get(dataset, [None])) == [str(x) for x in label_names] else None
 
+# %% ../nbs/11a_prompts.ipynb #55793aa2
 def paper_concept(concept: ConceptView | None, n_words: int = 10, n_sentences: int = 5, min_len: int = 5,
                   max_len: int = 30) -> tuple[str, list[str]] | None:
     "('words', top words) or ('sentences', up to 5 of 5-30 words, else any) when more than half are tags; None when empty."
@@ -139,6 +140,7 @@ def as_rating(v: Any) -> int | None:
     except (TypeError, ValueError): return None
     return int(f) if f in (1.0, 2.0, 3.0) else None
 
+# %% ../nbs/11a_prompts.ipynb #d5f0fbea
 def parse_rating(reply: str | None) -> int | None:
     "The 1–3 rating in a judge's reply, or None when there is none or it is ambiguous."
     if not reply: return None
@@ -183,6 +185,7 @@ def _json_objects(text: str):
                         except json.JSONDecodeError: continue
                     break
 
+# %% ../nbs/11a_prompts.ipynb #9e7ad93b
 def parse_paper_reply(reply: str | None, names: Sequence[str]) -> dict[str, int | None]:
     "`{name: rating or None}` from a `paper`-style reply: the first JSON object naming any of `names` (keys matched case-insensitively)."
     out = {m: None for m in names}

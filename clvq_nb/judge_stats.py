@@ -29,6 +29,7 @@ def rating_matrix(df: pd.DataFrame) -> pd.DataFrame:
     d = d.assign(rating=d.rating.astype(float))
     return d.pivot_table(index="judge", columns=["sid", "method"], values="rating", aggfunc="first", dropna=False)
 
+# %% ../nbs/11c_agreement.ipynb #9a0891a3
 def kendalls_w(x: np.ndarray) -> float:
     "Kendall's W of `x`: [m raters, n objects] scores (higher = better), ranks averaged over ties, tie-corrected."
     from scipy.stats import rankdata
@@ -42,6 +43,7 @@ def kendalls_w(x: np.ndarray) -> float:
     denom = m ** 2 * (n ** 3 - n) - m * t
     return float(12 * s / denom) if denom > 0 else float("nan")
 
+# %% ../nbs/11c_agreement.ipynb #f9a34aff
 def mean_correlation(mat: pd.DataFrame, kind: str = "spearman") -> tuple[float, pd.DataFrame]:
     "Mean pairwise correlation (`spearman` or `pearson`) between judges (rows of `mat`) over the units both rated, and the judge × judge table."
     from scipy.stats import pearsonr, spearmanr
@@ -136,6 +138,7 @@ def validity_check(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             "cannot_discriminate"]
     return pd.DataFrame(rows, columns=cols)
 
+# %% ../nbs/11c_agreement.ipynb #420bfbcf
 def validity_text(v: pd.DataFrame) -> str:
     "The lines the command line prints about each judge's validity check."
     out = []
@@ -171,6 +174,7 @@ def ranking(df: pd.DataFrame, judges: Sequence[str] | None = None, validity: pd.
     t["winner"] = t["rank"] == 1
     return t.sort_values(["dataset", "model", "rank", "method"]).reset_index(drop=True)
 
+# %% ../nbs/11c_agreement.ipynb #969b8c07
 def ratings_figure(df: pd.DataFrame, title: str = "LLM judge: mean rating per method", validity: pd.DataFrame | None = None):
     "A plotly `go.Figure`: mean rating (±95% CI of the mean) per method, one bar group per judge; judges that cannot discriminate are marked."
     import plotly.graph_objects as go

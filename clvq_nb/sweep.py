@@ -40,6 +40,7 @@ def load_grid(grid: Mapping[str, Any] | str | Path) -> dict[str, list]:
         out[str(k)] = vals
     return out
 
+# %% ../nbs/10b_sweep.ipynb #08ac4eaa
 def expand_grid(grid: Mapping[str, Any] | str | Path) -> list[dict]:
     "All points of the grid (cartesian product, first parameter varying slowest)."
     g = load_grid(grid)
@@ -131,6 +132,7 @@ def run_point(notebook: str | Path, params: Mapping[str, Any], point_dir: str | 
     write_json(point_dir / "done.json", rec)        # atomic: the point counts as done only from here
     return rec
 
+# %% ../nbs/10b_sweep.ipynb #64aefb98
 def _point_record(point_dir: Path, params: Mapping) -> dict:
     "Record of a point from its folder: done.json or failure.json, plus flattened metrics.json."
     rec = dict(point=point_dir.name, **params)
@@ -175,6 +177,7 @@ def write_summary(out_dir: str | Path, points: Sequence[Mapping], grid: Mapping[
         fig.write_html(out_dir / "summary.html", include_plotlyjs="directory")
     return df
 
+# %% ../nbs/10b_sweep.ipynb #64708115
 def run_sweep(grid: Mapping[str, Any] | str | Path, notebook: str | Path = "nbs/experiments/run.ipynb",
               out_dir: str | Path = "runs/sweep", kernel: str = "python3", resume: bool = True,
               retry_failed: bool = True, output_param: str | None = "output_dir", metric: str | None = None,

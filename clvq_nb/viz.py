@@ -75,6 +75,7 @@ def read_history(path: str | Path) -> pd.DataFrame:
         except json.JSONDecodeError as e: raise ValueError(f"{path}:{i} is not valid JSON ({e}); each line must be one JSON object") from None
     return pd.DataFrame(rows)
 
+# %% ../nbs/13_viz.ipynb #fbae862d
 def normalize_history(h: pd.DataFrame) -> pd.DataFrame:
     """Long form with a `split` column. Accepts the trainer's `metrics.jsonl` (rows `type='epoch'` with
     `train_<m>`/`val_<m>` columns: only the epoch rows are kept, `val` becomes split `dev`) or rows that already have `split`."""
@@ -92,6 +93,7 @@ def normalize_history(h: pd.DataFrame) -> pd.DataFrame:
         if cols: parts.append(h[[b for b in base if b not in new.values()] + cols].rename(columns=new).assign(split=split))
     return pd.concat(parts, ignore_index=True).sort_values([c for c in ("epoch", "step") if c in base] or ["split"], kind="stable").reset_index(drop=True)
 
+# %% ../nbs/13_viz.ipynb #0c736321
 def _as_history(history) -> pd.DataFrame:
     if isinstance(history, pd.DataFrame): return normalize_history(history)
     if isinstance(history, (str, Path)): return normalize_history(read_history(history))
@@ -141,6 +143,7 @@ def _get(d: Mapping, key: str, default=None):
         if k in d: return d[k]
     return default
 
+# %% ../nbs/13_viz.ipynb #1edb72fb
 def _word_counts(w) -> list[tuple[str, int]]:
     if w is None: return []
     if isinstance(w, Mapping): items = list(w.items())
@@ -153,6 +156,7 @@ def _word_counts(w) -> list[tuple[str, int]]:
     items = [(str(a), int(b)) for a, b in items]
     return sorted(items, key=lambda t: (-t[1], t[0]))
 
+# %% ../nbs/13_viz.ipynb #39b73f12
 def _example(e) -> dict:
     if isinstance(e, str): return dict(words=e.split(), pos=None, label=None, pred=None)
     words = e.get("words") or e.get("tokens")
@@ -165,6 +169,7 @@ def _example(e) -> dict:
     return dict(words=list(words), pos=None if pos is None else int(pos), label=e.get("label"), pred=e.get("pred"),
                 sid=e.get("sid"))
 
+# %% ../nbs/13_viz.ipynb #c92b68fb
 def concept_records(concepts: Any) -> list[dict]:
     "Normalise concepts (a `Concepts` object, `{id: record}`, or a list of records) to the record shape above."
     if hasattr(concepts, "to_records"): concepts = concepts.to_records()
@@ -241,6 +246,7 @@ def token_concept_heatmap(words: Sequence[str], concept_ids: Sequence[int] | Non
                       yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category", title="concept"))
     return fig
 
+# %% ../nbs/13_viz.ipynb #cc49ade4
 def concept_label_heatmap(concepts: Any, label_names: Sequence[str] | None = None, top: int = 30,
                           normalize: bool = True, title: str = "Concept × label") -> go.Figure:
     "Label distribution `z: [C, L]` of the `top` largest concepts (rows sum to 1 when `normalize`)."
@@ -298,6 +304,7 @@ def read_table(table: pd.DataFrame | str | Path | Sequence[Mapping]) -> pd.DataF
         return pd.DataFrame(obj["rows"] if isinstance(obj, Mapping) and "rows" in obj else obj)
     return pd.DataFrame(list(table))
 
+# %% ../nbs/13_viz.ipynb #f4636dfb
 def comparison_figure(table: pd.DataFrame | str | Path | Sequence[Mapping], reference: Mapping | None = PAPER_REFERENCE,
                       title: str = "Concept removal: probe accuracy") -> go.Figure:
     "Grouped bars per method: accuracy (%) original / concept removed / random removed, CI error bars, paper reference."
@@ -342,6 +349,7 @@ def _faithfulness_link(run, cfg: dict) -> str:
     return ("the concept-removal numbers above use one protocol; the authors' protocol beside a sound one, with controls "
             f"and causal tests: <code>{html.escape(cmd)}</code>")
 
+# %% ../nbs/13_viz.ipynb #aaf8aaf4
 def headline_html(run) -> str:
     "HTML summary of a finished run folder (`clvq_nb.runs.Run` or a path): what ran, on what, and the comparison table."
     import html
@@ -429,6 +437,7 @@ class MethodView:
         if y is None: return "?"
         return self.label_names[int(y)] if self.label_names and 0 <= int(y) < len(self.label_names) else str(y)
 
+# %% ../nbs/13_viz.ipynb #e83ff191
 def _read_tokens(d: Path) -> pd.DataFrame | None:
     for name in ("assignments.parquet", "assignments.csv"):
         p = d / name
@@ -439,6 +448,7 @@ def _read_tokens(d: Path) -> pd.DataFrame | None:
             return df
     return None
 
+# %% ../nbs/13_viz.ipynb #801f99f7
 def load_method(d: str | Path, name: str | None = None, label_names: Sequence[str] | None = None) -> MethodView:
     "Read one method folder (concepts.json, assignments, history.jsonl, code_counts.json)."
     d = Path(d)
@@ -461,6 +471,7 @@ def load_method(d: str | Path, name: str | None = None, label_names: Sequence[st
     ln = label_names or (cj.get("label_names") if isinstance(cj, Mapping) else None)
     return MethodView(name or d.name, concept_records(cj), tokens, history, counts, list(ln) if ln else None, d)
 
+# %% ../nbs/13_viz.ipynb #288d5cdf
 def load_run(run_dir: str | Path) -> dict[str, MethodView]:
     "All methods of a run folder, by name (see the layout above)."
     run_dir = Path(run_dir)
@@ -563,6 +574,7 @@ def _as_methods(runs) -> dict[str, MethodView]:
         else: raise TypeError(f"runs[{k!r}] is a {type(v).__name__}; pass MethodView or a dict with counts/history/concepts")
     return out
 
+# %% ../nbs/13_viz.ipynb #64ab88ce
 def codebook_usage_widget(runs: Mapping | str | Path, dead_threshold: int = 0) -> Explorer:
     "Dropdown over runs/methods -> code usage histogram (dead codes red) and perplexity/active-code curves."
     ms = _as_methods(runs)
@@ -581,6 +593,7 @@ def codebook_usage_widget(runs: Mapping | str | Path, dead_threshold: int = 0) -
         return out
     return Explorer(ctl, [("stats", "html"), ("usage", "figure"), ("curves", "figure")], render, "Codebook usage")
 
+# %% ../nbs/13_viz.ipynb #a464aff8
 def concept_heatmap_widget(runs: Mapping | str | Path, top_concepts: int = 20) -> Explorer:
     "Method dropdown + sentence slider -> coloured sentence, token × concept and concept × label heatmaps."
     ms = {k: v for k, v in _as_methods(runs).items() if v.tokens is not None}
@@ -600,6 +613,7 @@ def concept_heatmap_widget(runs: Mapping | str | Path, top_concepts: int = 20) -
                     labels=concept_label_heatmap(m.concepts, m.label_names, top=top_concepts, title=f"{m.name}: concept × label"))
     return Explorer(ctl, [("sentence", "html"), ("tokens", "figure"), ("labels", "figure")], render, "Concept heatmaps")
 
+# %% ../nbs/13_viz.ipynb #f2ed25b7
 def _concept_option(r: dict) -> tuple[str, int]:
     return (f"c{r['id']} (n={r['size']}): " + ", ".join(w for w, _ in r["words"][:4]), r["id"])
 
