@@ -118,9 +118,9 @@ def load(cls: Concepts, out_dir: str | Path) -> "Concepts":
     if not j.exists() or not a.exists():
         raise FileNotFoundError(f"no saved concepts in {out_dir} (need concepts.json and token_concepts.npy); "
                                 "run extract_concepts(..., out_dir=...) first")
-    d = read_json(j); tc = np.load(a)
-    if len(tc) != d.pop("n_tokens"):
-        raise ValueError(f"{a} has {len(tc)} entries but {j} expects {d['n_tokens']}: the files are from different runs")
+    d = read_json(j); tc = np.load(a); n = d.pop("n_tokens")
+    if len(tc) != n:
+        raise ValueError(f"{a} has {len(tc)} entries but {j} expects {n}: the files are from different runs")
     return cls(token_concepts=tc, **d)
 
 # %% ../nbs/08_concepts.ipynb #c73c80ab
