@@ -450,6 +450,7 @@ def evaluate_removal(method, cache, layer: int, word_index: Sequence[int], label
 
 # %% ../nbs/09_metrics.ipynb #926c0ea1
 from dataclasses import dataclass, fields, replace
+from fastcore.basics import patch
 from .config import ConfigMixin
 
 PROTOCOL_CHOICES = dict(
@@ -461,6 +462,7 @@ PROTOCOL_CHOICES = dict(
     subword_merge=("mean", "first", "last"), decoder_memory=("quantized", "continuous"))
 LEAK_FLAG = "test-fold early stopping"
 
+# %% ../nbs/09_metrics.ipynb #178f8d3a
 @dataclass
 class EvalProtocol(ConfigMixin):
     "How concept removal is evaluated (and the training-side points the pipeline passes on); see the table above."
@@ -511,33 +513,39 @@ class EvalProtocol(ConfigMixin):
             raise ValueError(f"EvalProtocol.val_fraction={self.val_fraction!r}: early stopping on a validation split needs 0 < val_fraction < 1")
         if not isinstance(self.ig_abs, bool): raise ValueError(f"EvalProtocol.ig_abs={self.ig_abs!r}: give True or False")
 
-    @property
-    def leak(self) -> bool: return self.early_stopping == "test_fold"
-    @property
-    def flag(self) -> str: return LEAK_FLAG if self.leak else ""
+# %% ../nbs/09_metrics.ipynb #74052fa2
+@patch(as_prop=True)
+def leak(self: EvalProtocol) -> bool: return self.early_stopping == "test_fold"
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "EvalProtocol":
-        "`'paper'` or `'sound'`, with `overrides` (e.g. `ig_steps=20` on a CPU)."
-        if name not in PRESETS: raise ValueError(f"unknown protocol preset {name!r}; use one of {sorted(PRESETS)} (or 'both' in protocols())")
-        return cls(**{**PRESETS[name], **overrides})
+@patch(as_prop=True)
+def flag(self: EvalProtocol) -> str: return LEAK_FLAG if self.leak else ""
 
-    def salient_kwargs(self, layer: int) -> dict:
-        "Keywords of `clvq_nb.concepts.salient_tokens` for this protocol (`layer` = the analysis layer l_in)."
-        return dict(n_steps=self.ig_steps, site=self.ig_site, layer=layer, baseline=self.ig_baseline, norm=self.ig_norm,
-                    merge=self.ig_merge, absolute=self.ig_abs, exclude=self.ig_exclude)
+@patch(cls_method=True)
+def preset(cls: EvalProtocol, name: str, **overrides) -> "EvalProtocol":
+    "`'paper'` or `'sound'`, with `overrides` (e.g. `ig_steps=20` on a CPU)."
+    if name not in PRESETS: raise ValueError(f"unknown protocol preset {name!r}; use one of {sorted(PRESETS)} (or 'both' in protocols())")
+    return cls(**{**PRESETS[name], **overrides})
 
-    def probe_kwargs(self) -> dict:
-        "Keywords of `train_fold_probes` for this protocol."
-        return dict(batch_size=self.probe_batch, max_epochs=self.probe_max_epochs, patience=self.probe_patience,
-                    val_fraction=self.val_fraction, keep=self.probe_keep, scaling=self.probe_scaling)
+# %% ../nbs/09_metrics.ipynb #a7416c31
+@patch
+def salient_kwargs(self: EvalProtocol, layer: int) -> dict:
+    "Keywords of `clvq_nb.concepts.salient_tokens` for this protocol (`layer` = the analysis layer l_in)."
+    return dict(n_steps=self.ig_steps, site=self.ig_site, layer=layer, baseline=self.ig_baseline, norm=self.ig_norm,
+                merge=self.ig_merge, absolute=self.ig_abs, exclude=self.ig_exclude)
 
-    def fit_settings(self) -> dict:
-        """What the pipeline passes on when it builds caches and fits methods: the activation `merge`, the VQ
-        models' `model` fields (`memory`, `init`, `kmeans_iters`) and `train` fields (`init_tokens`), `train_tokens`."""
-        return dict(merge=self.subword_merge, train_tokens=self.train_tokens,
-                    model=dict(memory=self.decoder_memory, init=self.codebook_init, kmeans_iters=self.init_iters),
-                    train=dict(init_tokens=2 ** 62 if self.init_tokens is None else self.init_tokens))
+@patch
+def probe_kwargs(self: EvalProtocol) -> dict:
+    "Keywords of `train_fold_probes` for this protocol."
+    return dict(batch_size=self.probe_batch, max_epochs=self.probe_max_epochs, patience=self.probe_patience,
+                val_fraction=self.val_fraction, keep=self.probe_keep, scaling=self.probe_scaling)
+
+@patch
+def fit_settings(self: EvalProtocol) -> dict:
+    """What the pipeline passes on when it builds caches and fits methods: the activation `merge`, the VQ
+    models' `model` fields (`memory`, `init`, `kmeans_iters`) and `train` fields (`init_tokens`), `train_tokens`."""
+    return dict(merge=self.subword_merge, train_tokens=self.train_tokens,
+                model=dict(memory=self.decoder_memory, init=self.codebook_init, kmeans_iters=self.init_iters),
+                train=dict(init_tokens=2 ** 62 if self.init_tokens is None else self.init_tokens))
 
 # %% ../nbs/09_metrics.ipynb #35c664e3
 PRESETS = {"sound": {},
