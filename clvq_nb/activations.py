@@ -230,15 +230,9 @@ def _clear_cache_dir(out_dir: Path):
     if (out_dir / "manifest.json").exists(): (out_dir / "manifest.json").unlink()
     for p in list(out_dir.glob("shard_*")) + list(out_dir.glob(".shard_*.tmp")): p.unlink()
 
-# %% ../nbs/03_activations.ipynb #219955ec
-def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_dir: str | Path, merge: str = "mean",
-                        batch_size: int = 32, max_length: int = 128, shard_tokens: int | None = None,
-                        keep_mask: Sequence[Sequence[bool]] | None = None, progress: bool = True,
-                        dtype: str = "float32", dataset_name: str | None = None, split: str | None = None,
-                        model_name: str | None = None, device: str | None = None) -> "ActivationCache":
-    """Extract per-word hidden states of `layers` for every sentence of `dataset` (a `datasets.Dataset` with
-    `text`, optional `label` and `sid`) into `out_dir`, and open the result.
-    `keep_mask[i][j]` (frequency filter) is stored per word of `words_of(text_i)`; tag rows get True."""
+# %% ../nbs/03_activations.ipynb #7d03eb84
+def _check_extract_args(dataset, merge: str, dtype: str, batch_size: int, keep_mask) -> int:
+    "Refuse bad arguments of `extract_activations` before any work; returns the number of sentences."
     if merge not in MERGES: raise ValueError(f"unknown merge {merge!r}; accepted: {list(MERGES)}")
     if dtype not in _TORCH_DTYPES: raise ValueError(f"unknown dtype {dtype!r}; accepted: {list(_TORCH_DTYPES)}")
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -248,6 +242,40 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
     if n == 0: raise ValueError("dataset is empty: no sentences to extract activations from")
     if keep_mask is not None and len(keep_mask) != n:
         raise ValueError(f"keep_mask has {len(keep_mask)} sentences but the dataset has {n}; build it from the same split")
+    return n
+
+# %% ../nbs/03_activations.ipynb #320a6c7c
+def _token_meta(batch: dict, words: list[list[str]], sent: np.ndarray, word: np.ndarray, pred: np.ndarray, i0: int,
+                keep_mask, tag_word: str) -> dict:
+    "Token table of one batch's merged rows: `sent`, `word` [rows] give each row's sentence and word index (-1: the tag)."
+    B = len(batch["text"])
+    flat = np.array([w for ws in words for w in ws] + [tag_word], dtype=object)
+    starts = np.cumsum([0] + [len(w) for w in words])
+    widx = np.where(word >= 0, starts[sent] + word, len(flat) - 1)
+    if keep_mask is not None:
+        km = [keep_mask[i0 + b] for b in range(B)]
+        for b in range(B):
+            if len(km[b]) < len(words[b]):
+                raise ValueError(f"keep_mask[{i0 + b}] has {len(km[b])} entries but sentence {i0 + b} has "
+                                 f"{len(words[b])}+ words; build it with frequency_filter over words_of(text)")
+        kflat = np.array([bool(k) for b in range(B) for k in km[b][:len(words[b])]] + [True], dtype=bool)
+        keep = kflat[widx]
+    else: keep = np.ones(len(word), dtype=bool)
+    lab = np.asarray(batch["label"], dtype=np.int64) if "label" in batch else np.full(B, -1)
+    sid = np.asarray(batch["sid"], dtype=np.int64) if "sid" in batch else np.arange(i0, i0 + B)
+    return dict(sid=sid[sent], pos=(word + 1).astype(np.int32), word=flat[widx].astype(str),
+                is_tag=word < 0, label=lab[sent], pred=pred[sent].astype(np.int64), keep=keep)
+
+# %% ../nbs/03_activations.ipynb #219955ec
+def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_dir: str | Path, merge: str = "mean",
+                        batch_size: int = 32, max_length: int = 128, shard_tokens: int | None = None,
+                        keep_mask: Sequence[Sequence[bool]] | None = None, progress: bool = True,
+                        dtype: str = "float32", dataset_name: str | None = None, split: str | None = None,
+                        model_name: str | None = None, device: str | None = None) -> "ActivationCache":
+    """Extract per-word hidden states of `layers` for every sentence of `dataset` (a `datasets.Dataset` with
+    `text`, optional `label` and `sid`) into `out_dir`, and open the result.
+    `keep_mask[i][j]` (frequency filter) is stored per word of `words_of(text_i)`; tag rows get True."""
+    n = _check_extract_args(dataset, merge, dtype, batch_size, keep_mask)
     layers = check_layers(model, layers)
     tdtype, _ = _TORCH_DTYPES[dtype]
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +286,6 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
     dim = None
     writer = None
     n_dropped = n_empty = n_words = 0
-    has_label, has_sid = "label" in dataset.column_names, "sid" in dataset.column_names
     t0 = time.time()
     bar = tqdm(total=n, disable=not progress, desc="activations", unit="sent")
     try:
@@ -287,22 +314,7 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
             n_empty += sum(len(w) for w in words) - int((word >= 0).sum())
             logits = getattr(out, "logits", None)
             pred = logits.argmax(-1).cpu().numpy() if logits is not None and logits.dim() == 2 else np.full(B, -1)
-            flat = np.array([w for ws in words for w in ws] + [getattr(model, "tag_word", "[CLS]")], dtype=object)
-            starts = np.cumsum([0] + [len(w) for w in words])
-            widx = np.where(word >= 0, starts[sent] + word, len(flat) - 1)
-            if keep_mask is not None:
-                km = [keep_mask[i0 + b] for b in range(B)]
-                for b in range(B):
-                    if len(km[b]) < len(words[b]):
-                        raise ValueError(f"keep_mask[{i0 + b}] has {len(km[b])} entries but sentence {i0 + b} has "
-                                         f"{len(words[b])}+ words; build it with frequency_filter over words_of(text)")
-                kflat = np.array([bool(k) for b in range(B) for k in km[b][:len(words[b])]] + [True], dtype=bool)
-                keep = kflat[widx]
-            else: keep = np.ones(len(word), dtype=bool)
-            lab = np.asarray(batch["label"], dtype=np.int64) if has_label else np.full(B, -1)
-            sid = np.asarray(batch["sid"], dtype=np.int64) if has_sid else np.arange(i0, i0 + B)
-            meta = dict(sid=sid[sent], pos=(word + 1).astype(np.int32), word=flat[widx].astype(str),
-                        is_tag=word < 0, label=lab[sent], pred=pred[sent].astype(np.int64), keep=keep)
+            meta = _token_meta(batch, words, sent, word, pred, i0, keep_mask, getattr(model, "tag_word", "[CLS]"))
             writer.add(rows.view(rows.shape[0], len(layers), dim), meta, B)
             bar.update(B); bar.set_postfix(tokens=sum(s["n_tokens"] for s in writer.shards) + writer.n, dropped=n_dropped)
         writer.flush()
