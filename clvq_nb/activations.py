@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .config import atomic_path, clvq_home, fault_point, get_device, read_json, sha256_file, stable_hash, versions, write_json
@@ -141,6 +142,7 @@ def write_safetensors(path: str | Path, tensors: dict[str, list[torch.Tensor]], 
         f.flush()
     return h.hexdigest()
 
+# %% ../nbs/03_activations.ipynb #59d60b7d
 def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
     "The JSON header of a safetensors file and the byte offset where its data starts."
     with open(path, "rb") as f:
@@ -150,6 +152,7 @@ def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
         if n > 100_000_000: raise ValueError(f"{path}: implausible safetensors header length {n}")
         return json.loads(f.read(n)), 8 + n
 
+# %% ../nbs/03_activations.ipynb #e4053dfe
 def mmap_tensor(path: str | Path, name: str, header: dict | None = None, start: int | None = None) -> torch.Tensor:
     """Tensor `name` of a safetensors file, memory-mapped (nothing read until used). Mapped copy-on-write:
     the file is never modified, in-place edits stay private to this process."""
@@ -186,6 +189,7 @@ def check_layers(model, layers: Sequence[int]) -> list[int]:
                              f"valid range is 0..{L} (0 = embeddings, {L} = last layer)")
     return sorted({int(l) for l in layers})
 
+# %% ../nbs/03_activations.ipynb #7de97d8c
 def _auto_shard_tokens(n_layers: int, dim: int, itemsize: int, target_bytes: int = 64 << 20) -> int:
     return max(256, target_bytes // max(1, n_layers * dim * itemsize))
 
@@ -226,14 +230,9 @@ def _clear_cache_dir(out_dir: Path):
     if (out_dir / "manifest.json").exists(): (out_dir / "manifest.json").unlink()
     for p in list(out_dir.glob("shard_*")) + list(out_dir.glob(".shard_*.tmp")): p.unlink()
 
-def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_dir: str | Path, merge: str = "mean",
-                        batch_size: int = 32, max_length: int = 128, shard_tokens: int | None = None,
-                        keep_mask: Sequence[Sequence[bool]] | None = None, progress: bool = True,
-                        dtype: str = "float32", dataset_name: str | None = None, split: str | None = None,
-                        model_name: str | None = None, device: str | None = None) -> "ActivationCache":
-    """Extract per-word hidden states of `layers` for every sentence of `dataset` (a `datasets.Dataset` with
-    `text`, optional `label` and `sid`) into `out_dir`, and open the result.
-    `keep_mask[i][j]` (frequency filter) is stored per word of `words_of(text_i)`; tag rows get True."""
+# %% ../nbs/03_activations.ipynb #7d03eb84
+def _check_extract_args(dataset, merge: str, dtype: str, batch_size: int, keep_mask) -> int:
+    "Refuse bad arguments of `extract_activations` before any work; returns the number of sentences."
     if merge not in MERGES: raise ValueError(f"unknown merge {merge!r}; accepted: {list(MERGES)}")
     if dtype not in _TORCH_DTYPES: raise ValueError(f"unknown dtype {dtype!r}; accepted: {list(_TORCH_DTYPES)}")
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -243,6 +242,40 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
     if n == 0: raise ValueError("dataset is empty: no sentences to extract activations from")
     if keep_mask is not None and len(keep_mask) != n:
         raise ValueError(f"keep_mask has {len(keep_mask)} sentences but the dataset has {n}; build it from the same split")
+    return n
+
+# %% ../nbs/03_activations.ipynb #320a6c7c
+def _token_meta(batch: dict, words: list[list[str]], sent: np.ndarray, word: np.ndarray, pred: np.ndarray, i0: int,
+                keep_mask, tag_word: str) -> dict:
+    "Token table of one batch's merged rows: `sent`, `word` [rows] give each row's sentence and word index (-1: the tag)."
+    B = len(batch["text"])
+    flat = np.array([w for ws in words for w in ws] + [tag_word], dtype=object)
+    starts = np.cumsum([0] + [len(w) for w in words])
+    widx = np.where(word >= 0, starts[sent] + word, len(flat) - 1)
+    if keep_mask is not None:
+        km = [keep_mask[i0 + b] for b in range(B)]
+        for b in range(B):
+            if len(km[b]) < len(words[b]):
+                raise ValueError(f"keep_mask[{i0 + b}] has {len(km[b])} entries but sentence {i0 + b} has "
+                                 f"{len(words[b])}+ words; build it with frequency_filter over words_of(text)")
+        kflat = np.array([bool(k) for b in range(B) for k in km[b][:len(words[b])]] + [True], dtype=bool)
+        keep = kflat[widx]
+    else: keep = np.ones(len(word), dtype=bool)
+    lab = np.asarray(batch["label"], dtype=np.int64) if "label" in batch else np.full(B, -1)
+    sid = np.asarray(batch["sid"], dtype=np.int64) if "sid" in batch else np.arange(i0, i0 + B)
+    return dict(sid=sid[sent], pos=(word + 1).astype(np.int32), word=flat[widx].astype(str),
+                is_tag=word < 0, label=lab[sent], pred=pred[sent].astype(np.int64), keep=keep)
+
+# %% ../nbs/03_activations.ipynb #219955ec
+def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_dir: str | Path, merge: str = "mean",
+                        batch_size: int = 32, max_length: int = 128, shard_tokens: int | None = None,
+                        keep_mask: Sequence[Sequence[bool]] | None = None, progress: bool = True,
+                        dtype: str = "float32", dataset_name: str | None = None, split: str | None = None,
+                        model_name: str | None = None, device: str | None = None) -> "ActivationCache":
+    """Extract per-word hidden states of `layers` for every sentence of `dataset` (a `datasets.Dataset` with
+    `text`, optional `label` and `sid`) into `out_dir`, and open the result.
+    `keep_mask[i][j]` (frequency filter) is stored per word of `words_of(text_i)`; tag rows get True."""
+    n = _check_extract_args(dataset, merge, dtype, batch_size, keep_mask)
     layers = check_layers(model, layers)
     tdtype, _ = _TORCH_DTYPES[dtype]
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +286,6 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
     dim = None
     writer = None
     n_dropped = n_empty = n_words = 0
-    has_label, has_sid = "label" in dataset.column_names, "sid" in dataset.column_names
     t0 = time.time()
     bar = tqdm(total=n, disable=not progress, desc="activations", unit="sent")
     try:
@@ -282,22 +314,7 @@ def extract_activations(model, tokenizer, dataset, layers: Sequence[int], out_di
             n_empty += sum(len(w) for w in words) - int((word >= 0).sum())
             logits = getattr(out, "logits", None)
             pred = logits.argmax(-1).cpu().numpy() if logits is not None and logits.dim() == 2 else np.full(B, -1)
-            flat = np.array([w for ws in words for w in ws] + [getattr(model, "tag_word", "[CLS]")], dtype=object)
-            starts = np.cumsum([0] + [len(w) for w in words])
-            widx = np.where(word >= 0, starts[sent] + word, len(flat) - 1)
-            if keep_mask is not None:
-                km = [keep_mask[i0 + b] for b in range(B)]
-                for b in range(B):
-                    if len(km[b]) < len(words[b]):
-                        raise ValueError(f"keep_mask[{i0 + b}] has {len(km[b])} entries but sentence {i0 + b} has "
-                                         f"{len(words[b])}+ words; build it with frequency_filter over words_of(text)")
-                kflat = np.array([bool(k) for b in range(B) for k in km[b][:len(words[b])]] + [True], dtype=bool)
-                keep = kflat[widx]
-            else: keep = np.ones(len(word), dtype=bool)
-            lab = np.asarray(batch["label"], dtype=np.int64) if has_label else np.full(B, -1)
-            sid = np.asarray(batch["sid"], dtype=np.int64) if has_sid else np.arange(i0, i0 + B)
-            meta = dict(sid=sid[sent], pos=(word + 1).astype(np.int32), word=flat[widx].astype(str),
-                        is_tag=word < 0, label=lab[sent], pred=pred[sent].astype(np.int64), keep=keep)
+            meta = _token_meta(batch, words, sent, word, pred, i0, keep_mask, getattr(model, "tag_word", "[CLS]"))
             writer.add(rows.view(rows.shape[0], len(layers), dim), meta, B)
             bar.update(B); bar.set_postfix(tokens=sum(s["n_tokens"] for s in writer.shards) + writer.n, dropped=n_dropped)
         writer.flush()
@@ -332,71 +349,8 @@ class ShardedTensor:
             self._cache[k] = self._parts[k]()
         return self._cache[k]
 
-    @property
-    def shape(self) -> torch.Size: return torch.Size([int(self._starts[-1]), self._dim])
-    @property
-    def dtype(self) -> torch.dtype: return self._dtype
-    @property
-    def ndim(self) -> int: return 2
-    @property
-    def device(self) -> torch.device: return torch.device("cpu")
-    @property
-    def n_shards(self) -> int: return len(self._n)
-    def size(self, dim: int | None = None): return self.shape if dim is None else self.shape[dim]
-    def dim(self) -> int: return 2
     def __len__(self) -> int: return int(self._starts[-1])
     def __repr__(self): return f"ShardedTensor({self._name}, shape={tuple(self.shape)}, dtype={self._dtype}, shards={self.n_shards})"
-
-    def shard_of(self, rows: np.ndarray) -> np.ndarray:
-        "Shard index of each global row index."
-        return np.searchsorted(self._starts, rows, side="right") - 1
-
-    def _rows(self, idx: np.ndarray) -> torch.Tensor:
-        n = len(self)
-        idx = np.asarray(idx, dtype=np.int64)
-        if idx.size and (idx.min() < -n or idx.max() >= n): raise IndexError(f"row index out of range for {n} rows")
-        idx = np.where(idx < 0, idx + n, idx)
-        shard = self.shard_of(idx)
-        out = torch.empty((len(idx), self._dim), dtype=self._dtype)
-        for k in np.unique(shard):
-            sel = np.nonzero(shard == k)[0]
-            out[torch.from_numpy(sel)] = self._part(int(k))[torch.from_numpy(idx[sel] - self._starts[k])]
-        return out
-
-    def __getitem__(self, key):
-        cols = None
-        if isinstance(key, tuple):
-            if len(key) != 2: raise IndexError(f"too many indices for a 2-d ShardedTensor: {key}")
-            key, cols = key
-        n = len(self)
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (n if key < 0 else 0)
-            if not 0 <= i < n: raise IndexError(f"row {key} out of range for {n} rows")
-            k = int(self.shard_of(np.array([i]))[0])
-            r = self._part(k)[i - self._starts[k]]
-        elif isinstance(key, slice):
-            a, b, s = key.indices(n)
-            ka, kb = self.shard_of(np.array([a, max(a, b - 1)]))
-            if s == 1 and ka == kb and b > a: r = self._part(int(ka))[a - self._starts[ka]:b - self._starts[ka]]
-            else: r = self._rows(np.arange(a, b, s))
-        else:
-            if isinstance(key, torch.Tensor): key = key.cpu().numpy()
-            key = np.asarray(key)
-            if key.dtype == bool:
-                if key.shape != (n,): raise IndexError(f"boolean mask of shape {key.shape} for {n} rows")
-                key = np.nonzero(key)[0]
-            r = self._rows(key)
-        return r if cols is None else r[..., cols]
-
-    def load(self) -> torch.Tensor:
-        "The whole `[n, d]` tensor, explicitly: zero-copy for one shard, else concatenated in RAM."
-        if self.n_shards == 1: return self._parts[0]()
-        return torch.cat([self._parts[k]() for k in range(self.n_shards)])
-
-    def chunks(self, size: int = 65536):
-        "Yield `(start, rows [<= size, d])` over all rows in order; at most one chunk (plus `max_open` mappings) in memory."
-        if size < 1: raise ValueError(f"chunk size must be >= 1, got {size}")
-        for a in range(0, len(self), size): yield a, self[a:min(a + size, len(self))]
 
     def _implicit(self, what: str) -> TypeError:
         return TypeError(f"{what} on {self!r} would read all {len(self):,} rows into memory; a ShardedTensor is never "
@@ -417,6 +371,81 @@ class ShardedTensor:
         d = self.__dict__.copy(); d["_cache"] = {}
         return d
 
+# %% ../nbs/03_activations.ipynb #328ffcea
+@patch(as_prop=True)
+def shape(self: ShardedTensor) -> torch.Size: return torch.Size([int(self._starts[-1]), self._dim])
+@patch(as_prop=True)
+def dtype(self: ShardedTensor) -> torch.dtype: return self._dtype
+@patch(as_prop=True)
+def ndim(self: ShardedTensor) -> int: return 2
+@patch(as_prop=True)
+def device(self: ShardedTensor) -> torch.device: return torch.device("cpu")
+@patch(as_prop=True)
+def n_shards(self: ShardedTensor) -> int: return len(self._n)
+@patch
+def size(self: ShardedTensor, dim: int | None = None): return self.shape if dim is None else self.shape[dim]
+@patch
+def dim(self: ShardedTensor) -> int: return 2
+
+# %% ../nbs/03_activations.ipynb #003f1471
+@patch
+def shard_of(self: ShardedTensor, rows: np.ndarray) -> np.ndarray:
+    "Shard index of each global row index."
+    return np.searchsorted(self._starts, rows, side="right") - 1
+
+@patch
+def _rows(self: ShardedTensor, idx: np.ndarray) -> torch.Tensor:
+    n = len(self)
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n): raise IndexError(f"row index out of range for {n} rows")
+    idx = np.where(idx < 0, idx + n, idx)
+    shard = self.shard_of(idx)
+    out = torch.empty((len(idx), self._dim), dtype=self._dtype)
+    for k in np.unique(shard):
+        sel = np.nonzero(shard == k)[0]
+        out[torch.from_numpy(sel)] = self._part(int(k))[torch.from_numpy(idx[sel] - self._starts[k])]
+    return out
+
+# %% ../nbs/03_activations.ipynb #28531ce4
+@patch
+def __getitem__(self: ShardedTensor, key):
+    cols = None
+    if isinstance(key, tuple):
+        if len(key) != 2: raise IndexError(f"too many indices for a 2-d ShardedTensor: {key}")
+        key, cols = key
+    n = len(self)
+    if isinstance(key, (int, np.integer)):
+        i = int(key) + (n if key < 0 else 0)
+        if not 0 <= i < n: raise IndexError(f"row {key} out of range for {n} rows")
+        k = int(self.shard_of(np.array([i]))[0])
+        r = self._part(k)[i - self._starts[k]]
+    elif isinstance(key, slice):
+        a, b, s = key.indices(n)
+        ka, kb = self.shard_of(np.array([a, max(a, b - 1)]))
+        if s == 1 and ka == kb and b > a: r = self._part(int(ka))[a - self._starts[ka]:b - self._starts[ka]]
+        else: r = self._rows(np.arange(a, b, s))
+    else:
+        if isinstance(key, torch.Tensor): key = key.cpu().numpy()
+        key = np.asarray(key)
+        if key.dtype == bool:
+            if key.shape != (n,): raise IndexError(f"boolean mask of shape {key.shape} for {n} rows")
+            key = np.nonzero(key)[0]
+        r = self._rows(key)
+    return r if cols is None else r[..., cols]
+
+# %% ../nbs/03_activations.ipynb #e3c170b6
+@patch
+def load(self: ShardedTensor) -> torch.Tensor:
+    "The whole `[n, d]` tensor, explicitly: zero-copy for one shard, else concatenated in RAM."
+    if self.n_shards == 1: return self._parts[0]()
+    return torch.cat([self._parts[k]() for k in range(self.n_shards)])
+
+@patch
+def chunks(self: ShardedTensor, size: int = 65536):
+    "Yield `(start, rows [<= size, d])` over all rows in order; at most one chunk (plus `max_open` mappings) in memory."
+    if size < 1: raise ValueError(f"chunk size must be >= 1, got {size}")
+    for a in range(0, len(self), size): yield a, self[a:min(a + size, len(self))]
+
 # %% ../nbs/03_activations.ipynb #07b61027
 def collate_sentences(batch: list[tuple[torch.Tensor, torch.Tensor]]):
     """Pad a list of `(x [T_i, d_in], y [T_i, d_out])` sentences (tensors or arrays, any float dtype).
@@ -431,6 +460,7 @@ def collate_sentences(batch: list[tuple[torch.Tensor, torch.Tensor]]):
         x[i, :len(a)], y[i, :len(b)], mask[i, :len(a)] = torch.as_tensor(a), torch.as_tensor(b), True
     return x, y, mask
 
+# %% ../nbs/03_activations.ipynb #937f67cf
 class TokenPairs(Dataset):
     "Aligned token pairs `(x [d_in], y [d_out])` = (layer `l_in`, layer `l_out`) of the same word; `rows` selects tokens."
     def __init__(self, x: ShardedTensor, y: ShardedTensor, rows: np.ndarray | None = None):
@@ -446,6 +476,7 @@ class TokenPairs(Dataset):
         xs, ys = self.x[r], self.y[r]
         return list(zip(xs, ys))
 
+# %% ../nbs/03_activations.ipynb #26a0bc17
 class SentencePairs(Dataset):
     "Whole sentences `(x [T, d_in], y [T, d_out])`, tag row first; batch with `collate_sentences`."
     collate = staticmethod(collate_sentences)
@@ -486,62 +517,6 @@ class ActivationCache:
         self._tokens: pd.DataFrame | None = None
         self._layers: dict[int, ShardedTensor] = {}
 
-    def verify(self) -> None:
-        "Check the SHA-256 of every shard file against the manifest; raise `IncompleteCacheError` on mismatch."
-        for s in self.manifest["shards"]:
-            for f, want in ((s["file"], s["sha256"]), (s["tokens_file"], s["tokens_sha256"])):
-                if sha256_file(self.path / f) != want:
-                    raise IncompleteCacheError(f"{self.path / f}: checksum mismatch (corrupted or half-written); rebuild the cache")
-
-    @property
-    def layers(self) -> list[int]: return list(self.manifest["layers"])
-    def dim(self, l: int) -> int: return int(self.manifest["dims"][str(self._check(l))])
-    @property
-    def n_tokens(self) -> int: return int(self.manifest["n_tokens"])
-    @property
-    def n_sentences(self) -> int: return int(self.manifest["n_sentences"])
-
-    def _check(self, l: int) -> int:
-        if l not in self.layers: raise ValueError(f"layer {l} is not in this cache; it holds layers {self.layers}")
-        return l
-
-    def layer(self, l: int) -> ShardedTensor:
-        "Hidden states of layer `l`: `[n_tokens, d]`, memory-mapped."
-        self._check(l)
-        if l not in self._layers:
-            parts = [(lambda k=k: mmap_tensor(self.path / self.manifest["shards"][k]["file"], f"layer_{l}", *self._headers[k]))
-                     for k in range(len(self.manifest["shards"]))]
-            dt = {"float32": torch.float32, "float16": torch.float16}[self.manifest["dtype"]]
-            self._layers[l] = ShardedTensor(parts, [s["n_tokens"] for s in self.manifest["shards"]], self.dim(l), dt, f"layer {l}")
-        return self._layers[l]
-
-    @property
-    def tokens(self) -> pd.DataFrame:
-        "Per-token metadata: sid, pos (0 = tag, word j of the sentence is pos j+1), word, is_tag, label, pred, keep."
-        if self._tokens is None:
-            self._tokens = pd.concat([pq.read_table(self.path / s["tokens_file"]).to_pandas() for s in self.manifest["shards"]],
-                                     ignore_index=True)
-        return self._tokens
-
-    @property
-    def sentence_offsets(self) -> np.ndarray:
-        "`[n_sentences + 1]`: rows of sentence i are `offsets[i]:offsets[i+1]` (tag row first)."
-        if not hasattr(self, "_offsets"):
-            tags = np.nonzero(self.tokens["is_tag"].to_numpy())[0]
-            self._offsets = np.concatenate([tags, [self.n_tokens]]).astype(np.int64)
-        return self._offsets
-
-    def token_pairs(self, l_in: int, l_out: int, rows: np.ndarray | None = None, only_kept: bool = False) -> TokenPairs:
-        "Token-level `(x [d_in], y [d_out])` pairs; `only_kept` keeps the frequency-filtered tokens, `rows` any subset."
-        if only_kept:
-            kept = np.nonzero(self.tokens["keep"].to_numpy())[0]
-            rows = kept if rows is None else np.intersect1d(np.asarray(rows), kept)
-        return TokenPairs(self.layer(l_in), self.layer(l_out), rows)
-
-    def sentence_pairs(self, l_in: int, l_out: int, sentences: np.ndarray | None = None) -> SentencePairs:
-        "Sentence-level `(x [T, d_in], y [T, d_out])` pairs; batch with `collate_sentences`."
-        return SentencePairs(self.layer(l_in), self.layer(l_out), self.sentence_offsets, sentences)
-
     def __getstate__(self):
         d = self.__dict__.copy(); d["_layers"] = {}; d["_tokens"] = None; d.pop("_offsets", None)
         return d
@@ -551,6 +526,73 @@ class ActivationCache:
         return (f"ActivationCache({m.get('model')!r}, split={m.get('split')!r}, layers={self.layers}, "
                 f"n_sentences={self.n_sentences}, n_tokens={self.n_tokens}, shards={len(m['shards'])}, path='{self.path}')")
 
+# %% ../nbs/03_activations.ipynb #c35828f3
+@patch
+def verify(self: ActivationCache) -> None:
+    "Check the SHA-256 of every shard file against the manifest; raise `IncompleteCacheError` on mismatch."
+    for s in self.manifest["shards"]:
+        for f, want in ((s["file"], s["sha256"]), (s["tokens_file"], s["tokens_sha256"])):
+            if sha256_file(self.path / f) != want:
+                raise IncompleteCacheError(f"{self.path / f}: checksum mismatch (corrupted or half-written); rebuild the cache")
+
+# %% ../nbs/03_activations.ipynb #7b603f5f
+@patch(as_prop=True)
+def layers(self: ActivationCache) -> list[int]: return list(self.manifest["layers"])
+@patch
+def dim(self: ActivationCache, l: int) -> int: return int(self.manifest["dims"][str(self._check(l))])
+@patch(as_prop=True)
+def n_tokens(self: ActivationCache) -> int: return int(self.manifest["n_tokens"])
+@patch(as_prop=True)
+def n_sentences(self: ActivationCache) -> int: return int(self.manifest["n_sentences"])
+
+@patch
+def _check(self: ActivationCache, l: int) -> int:
+    if l not in self.layers: raise ValueError(f"layer {l} is not in this cache; it holds layers {self.layers}")
+    return l
+
+# %% ../nbs/03_activations.ipynb #caa40349
+@patch
+def layer(self: ActivationCache, l: int) -> ShardedTensor:
+    "Hidden states of layer `l`: `[n_tokens, d]`, memory-mapped."
+    self._check(l)
+    if l not in self._layers:
+        parts = [(lambda k=k: mmap_tensor(self.path / self.manifest["shards"][k]["file"], f"layer_{l}", *self._headers[k]))
+                 for k in range(len(self.manifest["shards"]))]
+        dt = {"float32": torch.float32, "float16": torch.float16}[self.manifest["dtype"]]
+        self._layers[l] = ShardedTensor(parts, [s["n_tokens"] for s in self.manifest["shards"]], self.dim(l), dt, f"layer {l}")
+    return self._layers[l]
+
+# %% ../nbs/03_activations.ipynb #d77cf61f
+@patch(as_prop=True)
+def tokens(self: ActivationCache) -> pd.DataFrame:
+    "Per-token metadata: sid, pos (0 = tag, word j of the sentence is pos j+1), word, is_tag, label, pred, keep."
+    if self._tokens is None:
+        self._tokens = pd.concat([pq.read_table(self.path / s["tokens_file"]).to_pandas() for s in self.manifest["shards"]],
+                                 ignore_index=True)
+    return self._tokens
+
+@patch(as_prop=True)
+def sentence_offsets(self: ActivationCache) -> np.ndarray:
+    "`[n_sentences + 1]`: rows of sentence i are `offsets[i]:offsets[i+1]` (tag row first)."
+    if not hasattr(self, "_offsets"):
+        tags = np.nonzero(self.tokens["is_tag"].to_numpy())[0]
+        self._offsets = np.concatenate([tags, [self.n_tokens]]).astype(np.int64)
+    return self._offsets
+
+# %% ../nbs/03_activations.ipynb #64b5c12a
+@patch
+def token_pairs(self: ActivationCache, l_in: int, l_out: int, rows: np.ndarray | None = None, only_kept: bool = False) -> TokenPairs:
+    "Token-level `(x [d_in], y [d_out])` pairs; `only_kept` keeps the frequency-filtered tokens, `rows` any subset."
+    if only_kept:
+        kept = np.nonzero(self.tokens["keep"].to_numpy())[0]
+        rows = kept if rows is None else np.intersect1d(np.asarray(rows), kept)
+    return TokenPairs(self.layer(l_in), self.layer(l_out), rows)
+
+@patch
+def sentence_pairs(self: ActivationCache, l_in: int, l_out: int, sentences: np.ndarray | None = None) -> SentencePairs:
+    "Sentence-level `(x [T, d_in], y [T, d_out])` pairs; batch with `collate_sentences`."
+    return SentencePairs(self.layer(l_in), self.layer(l_out), self.sentence_offsets, sentences)
+
 # %% ../nbs/03_activations.ipynb #0f97a928
 def _dist_world() -> tuple[int, int]:
     "(rank, world size) under an initialised torch.distributed, else (0, 1)."
@@ -558,6 +600,7 @@ def _dist_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+# %% ../nbs/03_activations.ipynb #f4aa5574
 def extract_activations_ddp(model, tokenizer, dataset, layers: Sequence[int], out_dir: str | Path,
                             keep_mask: Sequence[Sequence[bool]] | None = None, **kw) -> "ActivationCache":
     """`extract_activations` split over the ranks of torch.distributed: rank r writes `out_dir/rank<r>/`, rank 0 the

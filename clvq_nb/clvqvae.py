@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigMixin, atomic_path, read_json, versions, write_json
@@ -111,8 +112,6 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     n = mask.sum().clamp(min=1) * pred.shape[-1]
     return ((pred.float() - target.float()).pow(2) * m).sum() / n
 
-
-
 # %% ../nbs/05_clvqvae.ipynb #4f244259
 class CLVQVAE(nn.Module):
     "Cross-layer VQ-VAE: encode layer `l_in` tokens, quantize, decode the sentence into layer `l_out`."
@@ -128,82 +127,94 @@ class CLVQVAE(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, cfg.n_layers)
         self.proj = nn.Linear(cfg.d_in, cfg.d_out)
 
-    def _check(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        c = self.cfg
-        if x.dim() != 3: raise ValueError(f"x must be [batch, tokens, d_in], got shape {tuple(x.shape)}")
-        if x.shape[-1] != c.d_in:
-            raise ValueError(f"x has width {x.shape[-1]} but this model reads d_in={c.d_in}"
-                             f"{f' (layer {c.layer_in})' if c.layer_in is not None else ''}; pass activations of the layer it was built for")
-        if mask is None: return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        if mask.shape != x.shape[:2]: raise ValueError(f"mask shape {tuple(mask.shape)} does not match x's [batch, tokens] {tuple(x.shape[:2])}")
-        return mask.bool()
+# %% ../nbs/05_clvqvae.ipynb #ee7ca716
+@patch
+def _check(self: CLVQVAE, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    c = self.cfg
+    if x.dim() != 3: raise ValueError(f"x must be [batch, tokens, d_in], got shape {tuple(x.shape)}")
+    if x.shape[-1] != c.d_in:
+        raise ValueError(f"x has width {x.shape[-1]} but this model reads d_in={c.d_in}"
+                         f"{f' (layer {c.layer_in})' if c.layer_in is not None else ''}; pass activations of the layer it was built for")
+    if mask is None: return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    if mask.shape != x.shape[:2]: raise ValueError(f"mask shape {tuple(mask.shape)} does not match x's [batch, tokens] {tuple(x.shape[:2])}")
+    return mask.bool()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, y: torch.Tensor | None = None) -> CLVQOutput:
-        "x: [B, T, d_in], mask: [B, T] bool (True = token), y: [B, T, d_out] optional targets."
-        mask = self._check(x, mask)
-        pad = ~mask
-        z = self.encoder(x).masked_fill(pad.unsqueeze(-1), 0.)
-        # the codebook and its EMA statistics stay in fp32 even under bf16 autocast
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            vq = self.quantizer(z[mask].float())
-        quantized = torch.zeros(z.shape, dtype=vq.quantized.dtype, device=z.device)
-        quantized[mask] = vq.quantized
-        indices = torch.full(mask.shape, -1, dtype=torch.long, device=x.device)
-        indices[mask] = vq.indices
-        memory = quantized if self.cfg.memory == "quantized" else z
-        h = self.decoder(quantized, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=pad)
-        recon = self.proj(h).masked_fill(pad.unsqueeze(-1), 0.)
-        out = CLVQOutput(recon=recon, indices=indices, z=z, quantized=quantized, commit_loss=vq.commit_loss,
-                         perplexity=vq.perplexity, restarts=int(getattr(vq, "restarts", 0) or 0))
-        if y is not None: self.loss_fn(out, y, mask)
-        return out
+# %% ../nbs/05_clvqvae.ipynb #249758de
+@patch
+def forward(self: CLVQVAE, x: torch.Tensor, mask: torch.Tensor | None = None, y: torch.Tensor | None = None) -> CLVQOutput:
+    "x: [B, T, d_in], mask: [B, T] bool (True = token), y: [B, T, d_out] optional targets."
+    mask = self._check(x, mask)
+    pad = ~mask
+    z = self.encoder(x).masked_fill(pad.unsqueeze(-1), 0.)
+    # the codebook and its EMA statistics stay in fp32 even under bf16 autocast
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        vq = self.quantizer(z[mask].float())
+    quantized = torch.zeros(z.shape, dtype=vq.quantized.dtype, device=z.device)
+    quantized[mask] = vq.quantized
+    indices = torch.full(mask.shape, -1, dtype=torch.long, device=x.device)
+    indices[mask] = vq.indices
+    memory = quantized if self.cfg.memory == "quantized" else z
+    h = self.decoder(quantized, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=pad)
+    recon = self.proj(h).masked_fill(pad.unsqueeze(-1), 0.)
+    out = CLVQOutput(recon=recon, indices=indices, z=z, quantized=quantized, commit_loss=vq.commit_loss,
+                     perplexity=vq.perplexity, restarts=int(getattr(vq, "restarts", 0) or 0))
+    if y is not None: self.loss_fn(out, y, mask)
+    return out
 
-    def loss_fn(self, out: CLVQOutput, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        "Fill and return `out.loss = masked MSE(out.recon, y) + beta * out.commit_loss`. y: [B, T, d_out]."
-        if y.shape[:2] != out.recon.shape[:2] or y.shape[-1] != self.cfg.d_out:
-            raise ValueError(f"targets y have shape {tuple(y.shape)}; expected {tuple(out.recon.shape)} (d_out={self.cfg.d_out}"
-                             f"{f', layer {self.cfg.layer_out}' if self.cfg.layer_out is not None else ''})")
-        if mask is None: mask = out.indices >= 0
-        out.recon_loss = masked_mse(out.recon, y, mask)
-        out.loss = out.recon_loss + self.cfg.beta * out.commit_loss
-        return out.loss
+# %% ../nbs/05_clvqvae.ipynb #852ba6d2
+@patch
+def loss_fn(self: CLVQVAE, out: CLVQOutput, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    "Fill and return `out.loss = masked MSE(out.recon, y) + beta * out.commit_loss`. y: [B, T, d_out]."
+    if y.shape[:2] != out.recon.shape[:2] or y.shape[-1] != self.cfg.d_out:
+        raise ValueError(f"targets y have shape {tuple(y.shape)}; expected {tuple(out.recon.shape)} (d_out={self.cfg.d_out}"
+                         f"{f', layer {self.cfg.layer_out}' if self.cfg.layer_out is not None else ''})")
+    if mask is None: mask = out.indices >= 0
+    out.recon_loss = masked_mse(out.recon, y, mask)
+    out.loss = out.recon_loss + self.cfg.beta * out.commit_loss
+    return out.loss
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        "Nearest code per token (argmin, whatever the mode). x: [B, T, d_in] -> indices [B, T] (-1 at padding)."
-        mask = self._check(x, mask)
-        z = self.encoder(x)
-        idx = torch.full(mask.shape, -1, dtype=torch.long, device=x.device)
-        idx[mask] = self.quantizer.encode(z[mask].float())
-        return idx
+# %% ../nbs/05_clvqvae.ipynb #8701ac9a
+@patch
+@torch.no_grad()
+def encode(self: CLVQVAE, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    "Nearest code per token (argmin, whatever the mode). x: [B, T, d_in] -> indices [B, T] (-1 at padding)."
+    mask = self._check(x, mask)
+    z = self.encoder(x)
+    idx = torch.full(mask.shape, -1, dtype=torch.long, device=x.device)
+    idx[mask] = self.quantizer.encode(z[mask].float())
+    return idx
 
-    def concept_vectors(self) -> torch.Tensor:
-        "The codebook, one concept vector per code, in the encoder's (input layer's) space: [K, d_in]."
-        return self.quantizer.embed.detach().clone()
+@patch
+def concept_vectors(self: CLVQVAE) -> torch.Tensor:
+    "The codebook, one concept vector per code, in the encoder's (input layer's) space: [K, d_in]."
+    return self.quantizer.embed.detach().clone()
 
-    @property
-    def n_concepts(self) -> int: return self.cfg.codebook_size
+@patch(as_prop=True)
+def n_concepts(self: CLVQVAE) -> int: return self.cfg.codebook_size
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        "Write `model.safetensors` and `config.json` into folder `path`, each atomically."
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(path / "model.safetensors") as tmp: save_file(sd, str(tmp), metadata={"format": "pt"})
-        write_json(path / "config.json", {"model_type": "clvqvae", "config": self.cfg.to_dict(), "versions": versions()})
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "CLVQVAE":
-        "Load a model written by `save_pretrained` (safetensors only: no pickle is ever loaded); returned in eval mode."
-        path = Path(path)
-        for f in ("config.json", "model.safetensors"):
-            if not (path / f).exists(): raise FileNotFoundError(f"{path / f} not found: {path} is not a folder written by CLVQVAE.save_pretrained")
-        meta = read_json(path / "config.json")
-        if meta.get("model_type") != "clvqvae": raise ValueError(f"{path}/config.json has model_type={meta.get('model_type')!r}, expected 'clvqvae'")
-        model = cls(CLVQVAEConfig.from_dict(meta["config"]))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        return model.to(device).eval()
-
+# %% ../nbs/05_clvqvae.ipynb #6705140a
 def single_layer_vqvae(d: int, layer: int | None = None, **kw) -> CLVQVAE:
     "The paper's single-layer VQ-VAE baseline: a `CLVQVAE` reconstructing the layer it reads (`d_in = d_out`, `layer_in = layer_out`)."
     return CLVQVAE(CLVQVAEConfig(d_in=d, d_out=d, layer_in=layer, layer_out=layer, **kw))
+
+# %% ../nbs/05_clvqvae.ipynb #369bda71
+@patch
+def save_pretrained(self: CLVQVAE, path: str | Path) -> Path:
+    "Write `model.safetensors` and `config.json` into folder `path`, each atomically."
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+    with atomic_path(path / "model.safetensors") as tmp: save_file(sd, str(tmp), metadata={"format": "pt"})
+    write_json(path / "config.json", {"model_type": "clvqvae", "config": self.cfg.to_dict(), "versions": versions()})
+    return path
+
+@patch(cls_method=True)
+def from_pretrained(cls: CLVQVAE, path: str | Path, device: str | torch.device = "cpu") -> "CLVQVAE":
+    "Load a model written by `save_pretrained` (safetensors only: no pickle is ever loaded); returned in eval mode."
+    path = Path(path)
+    for f in ("config.json", "model.safetensors"):
+        if not (path / f).exists(): raise FileNotFoundError(f"{path / f} not found: {path} is not a folder written by CLVQVAE.save_pretrained")
+    meta = read_json(path / "config.json")
+    if meta.get("model_type") != "clvqvae": raise ValueError(f"{path}/config.json has model_type={meta.get('model_type')!r}, expected 'clvqvae'")
+    model = cls(CLVQVAEConfig.from_dict(meta["config"]))
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return model.to(device).eval()

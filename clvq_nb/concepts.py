@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .config import atomic_path, read_json, stable_hash, write_json
@@ -29,11 +30,13 @@ def _token_frame(cache) -> pd.DataFrame:
         raise ValueError(f"cache.tokens lacks columns {sorted(need - set(t.columns))}; expected an ActivationCache token table")
     return t.reset_index(drop=True)
 
+# %% ../nbs/08_concepts.ipynb #54bf6a2e
 def _label_names(cache, n_hint: int) -> list[str]:
     man = getattr(cache, "manifest", None) or {}
     names = man.get("label_names") if isinstance(man, dict) else None
     return [str(x) for x in names] if names else [str(i) for i in range(n_hint)]
 
+# %% ../nbs/08_concepts.ipynb #133e9d24
 @torch.no_grad()
 def assign_tokens(method, cache, layer: int, chunk_size: int = 16384, progress: bool = True) -> np.ndarray:
     "Concept id of every cached token at `layer` -> `[n_tokens]` int64, computed in chunks with `method.assign`."
@@ -58,6 +61,7 @@ def assign_tokens(method, cache, layer: int, chunk_size: int = 16384, progress: 
         raise ValueError(f"assign returned ids in [{out.min()}, {out.max()}], outside [0, n_concepts={K})")
     return out
 
+# %% ../nbs/08_concepts.ipynb #1548ed53
 def _sentence_text(words: Sequence[str], is_tag: Sequence[bool], mark: int | None) -> str:
     "Words of one sentence joined by spaces (tag rows skipped); row `mark` (within the sentence) wrapped in [[ ]]."
     return " ".join(f"[[{w}]]" if j == mark else str(w) for j, (w, t) in enumerate(zip(words, is_tag)) if not t)
@@ -78,36 +82,46 @@ class Concepts:
     def __getitem__(self, k: int) -> dict:
         if not 0 <= k < len(self.concepts): raise IndexError(f"concept {k} out of range [0, {len(self.concepts)})")
         return self.concepts[k]
-    @property
-    def empty_ids(self) -> list[int]: return [c["id"] for c in self.concepts if c["empty"]]
-    def top_words(self, k: int, n: int = 10) -> list[str]:
-        "The `n` most frequent member words of concept `k`."
-        return [w for w, _ in self[k]["words"][:n]]
-    def summary(self) -> pd.DataFrame:
-        "One row per concept: id, size, n_types, tag_share, majority label, top words."
-        rows = [{"id": c["id"], "size": c["size"], "n_types": c["n_types"], "tag_share": c["tag_share"],
-                 "majority_label": max(c["labels"], key=c["labels"].get) if c["labels"] else None,
-                 "top_words": " ".join(w for w, _ in c["words"][:10])} for c in self.concepts]
-        return pd.DataFrame(rows)
-    def save(self, out_dir: str | Path) -> Path:
-        "Write `out_dir/concepts.json` and `out_dir/token_concepts.npy` atomically; returns the JSON path."
-        out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / "token_concepts.npy") as tmp:
-            with open(tmp, "wb") as f: np.save(f, np.asarray(self.token_concepts, dtype=np.int64))
-        d = {k: getattr(self, k) for k in ("method", "layer", "n_concepts", "label_names", "meta", "concepts")}
-        d["n_tokens"] = int(len(self.token_concepts))
-        return write_json(out_dir / "concepts.json", d)
-    @classmethod
-    def load(cls, out_dir: str | Path) -> "Concepts":
-        "Load what `save` wrote; clear error when files are missing or disagree."
-        out_dir = Path(out_dir); j, a = out_dir / "concepts.json", out_dir / "token_concepts.npy"
-        if not j.exists() or not a.exists():
-            raise FileNotFoundError(f"no saved concepts in {out_dir} (need concepts.json and token_concepts.npy); "
-                                    "run extract_concepts(..., out_dir=...) first")
-        d = read_json(j); tc = np.load(a)
-        if len(tc) != d.pop("n_tokens"):
-            raise ValueError(f"{a} has {len(tc)} entries but {j} expects {d['n_tokens']}: the files are from different runs")
-        return cls(token_concepts=tc, **d)
+
+# %% ../nbs/08_concepts.ipynb #59d83ae9
+@patch(as_prop=True)
+def empty_ids(self: Concepts) -> list[int]: return [c["id"] for c in self.concepts if c["empty"]]
+
+@patch
+def top_words(self: Concepts, k: int, n: int = 10) -> list[str]:
+    "The `n` most frequent member words of concept `k`."
+    return [w for w, _ in self[k]["words"][:n]]
+
+@patch
+def summary(self: Concepts) -> pd.DataFrame:
+    "One row per concept: id, size, n_types, tag_share, majority label, top words."
+    rows = [{"id": c["id"], "size": c["size"], "n_types": c["n_types"], "tag_share": c["tag_share"],
+             "majority_label": max(c["labels"], key=c["labels"].get) if c["labels"] else None,
+             "top_words": " ".join(w for w, _ in c["words"][:10])} for c in self.concepts]
+    return pd.DataFrame(rows)
+
+# %% ../nbs/08_concepts.ipynb #2b09f3eb
+@patch
+def save(self: Concepts, out_dir: str | Path) -> Path:
+    "Write `out_dir/concepts.json` and `out_dir/token_concepts.npy` atomically; returns the JSON path."
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "token_concepts.npy") as tmp:
+        with open(tmp, "wb") as f: np.save(f, np.asarray(self.token_concepts, dtype=np.int64))
+    d = {k: getattr(self, k) for k in ("method", "layer", "n_concepts", "label_names", "meta", "concepts")}
+    d["n_tokens"] = int(len(self.token_concepts))
+    return write_json(out_dir / "concepts.json", d)
+
+@patch(cls_method=True)
+def load(cls: Concepts, out_dir: str | Path) -> "Concepts":
+    "Load what `save` wrote; clear error when files are missing or disagree."
+    out_dir = Path(out_dir); j, a = out_dir / "concepts.json", out_dir / "token_concepts.npy"
+    if not j.exists() or not a.exists():
+        raise FileNotFoundError(f"no saved concepts in {out_dir} (need concepts.json and token_concepts.npy); "
+                                "run extract_concepts(..., out_dir=...) first")
+    d = read_json(j); tc = np.load(a); n = d.pop("n_tokens")
+    if len(tc) != n:
+        raise ValueError(f"{a} has {len(tc)} entries but {j} expects {n}: the files are from different runs")
+    return cls(token_concepts=tc, **d)
 
 # %% ../nbs/08_concepts.ipynb #c73c80ab
 def summarise_concepts(token_concepts: np.ndarray, tokens: pd.DataFrame, offsets: np.ndarray, n_concepts: int,
@@ -151,6 +165,7 @@ def summarise_concepts(token_concepts: np.ndarray, tokens: pd.DataFrame, offsets
                     "labels": labels.get(k, {}), "preds": preds.get(k, {}), "examples": examples.get(k, [])})
     return out
 
+# %% ../nbs/08_concepts.ipynb #2e0c6001
 def extract_concepts(method, cache, l_in: int, top_n: int = 20, n_examples: int = 5, only_kept: bool = True,
                      chunk_size: int = 16384, seed: int = 0, out_dir: str | Path | None = None,
                      progress: bool = True) -> Concepts:
@@ -183,14 +198,20 @@ class SalientTokens:
     tag: np.ndarray | None = None
     def __post_init__(self):
         if self.tag is None: self.tag = np.zeros(len(self.index), dtype=bool)
-    def word(self, i: int) -> str | None:
-        if self.tag[i]: return "[TAG]"
-        j = int(self.index[i]); return self.words[i][j] if j >= 0 else None
-    def rows(self, cache) -> np.ndarray:
-        "Cache row of each sentence's salient token -> `[S]` int64 (the tag row when the tag won; -1 when none)."
-        from clvq_nb.metrics import salient_rows
-        return np.where(self.tag, np.asarray(cache.sentence_offsets, dtype=np.int64)[:-1], salient_rows(cache, self.index))
 
+# %% ../nbs/08_concepts.ipynb #3ae9b9d1
+@patch
+def word(self: SalientTokens, i: int) -> str | None:
+    if self.tag[i]: return "[TAG]"
+    j = int(self.index[i]); return self.words[i][j] if j >= 0 else None
+
+@patch
+def rows(self: SalientTokens, cache) -> np.ndarray:
+    "Cache row of each sentence's salient token -> `[S]` int64 (the tag row when the tag won; -1 when none)."
+    from clvq_nb.metrics import salient_rows
+    return np.where(self.tag, np.asarray(cache.sentence_offsets, dtype=np.int64)[:-1], salient_rows(cache, self.index))
+
+# %% ../nbs/08_concepts.ipynb #3485a732
 def _model_fingerprint(model) -> str:
     h = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
     for n, p in model.named_parameters(): h.update(n.encode()); h.update(p.detach().float().cpu().numpy().tobytes())
@@ -201,6 +222,7 @@ def _embedding_layer(model) -> torch.nn.Module:
     if emb is None: raise TypeError(f"{type(model).__name__} has no get_input_embeddings(): pass a transformers model")
     return emb
 
+# %% ../nbs/08_concepts.ipynb #dc0b8b71
 def hidden_state_module(model, layer: int) -> torch.nn.Module:
     "The module whose output is `hidden_states[layer]` of a transformers encoder (0: the embeddings; l: block l)."
     base = getattr(model, "base_model", model)
@@ -217,6 +239,7 @@ def hidden_state_module(model, layer: int) -> torch.nn.Module:
         return obj[layer - 1]
     raise TypeError(f"{type(model).__name__}: cannot find the encoder blocks (looked for {type(base).__name__}.encoder.layer ...)")
 
+# %% ../nbs/08_concepts.ipynb #17f1660c
 _MERGES = {"max": np.fmax, "sum": np.add}
 
 def _merge_to_words(attr: np.ndarray, word_ids: Sequence[int | None], n_words: int, how: str = "max") -> np.ndarray:
@@ -227,6 +250,7 @@ def _merge_to_words(attr: np.ndarray, word_ids: Sequence[int | None], n_words: i
         if w is not None and w < n_words: out[w] = a if n[w] == 0 else op(out[w], a); n[w] += 1
     return out / np.maximum(n, 1) if how == "mean" else out
 
+# %% ../nbs/08_concepts.ipynb #950d5b69
 IG_CHOICES = dict(site=("embeddings", "layer"), baseline=("pad", "zeros"), norm=("words", "all"),
                   merge=("max", "mean", "sum"), exclude=("specials", "final_sep"))
 
@@ -234,6 +258,7 @@ def _check_ig_choices(**kw):
     for k, v in kw.items():
         if v not in IG_CHOICES[k]: raise ValueError(f"{k}={v!r}: use one of {IG_CHOICES[k]}")
 
+# %% ../nbs/08_concepts.ipynb #191a2da8
 def _pick(v: np.ndarray, wid: list, real: np.ndarray, n_words: int, norm: str, merge: str, absolute: bool,
           exclude: str) -> tuple[int, bool, np.ndarray, float]:
     "One sentence's pick from token attributions `v: [T]`: (word index or -1, tag won?, word scores, tag score)."
@@ -250,6 +275,7 @@ def _pick(v: np.ndarray, wid: list, real: np.ndarray, n_words: int, norm: str, m
         if j < 0 or t > rank[j]: return -1, True, sc, tag_sc
     return j, False, sc, tag_sc
 
+# %% ../nbs/08_concepts.ipynb #f87a24e6
 def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Sequence[Sequence[str]] | None = None,
                    n_steps: int = 500, batch_size: int = 8, internal_batch_size: int | None = None,
                    max_length: int = 128, method: str = "gausslegendre", absolute: bool = True,
@@ -351,6 +377,7 @@ def _planted_task(n: int = 256, seed: int = 0) -> tuple[list[list[str]], list[in
         sents.append([str(x) for x in w]); labels.append(y)
     return sents, labels
 
+# %% ../nbs/08_concepts.ipynb #b5a37bdb
 def _train_planted(steps: int = 80, seed: int = 0):
     "A tiny BERT (`clvq_nb.models.tiny_bert`) trained on `_planted_task`; returns (model, tokenizer). For tests."
     from clvq_nb.models import tiny_bert, torch_threads

@@ -67,6 +67,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists(): tmp.unlink()
 
+# %% ../nbs/00_config.ipynb #5c27244a
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_path(path) as tmp: tmp.write_bytes(data)
@@ -85,6 +86,7 @@ def _json_default(o):
     if isinstance(o, torch.Tensor): return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
+# %% ../nbs/00_config.ipynb #852fad99
 def write_json(path: str | Path, obj: Any) -> Path:
     "Atomically write `obj` as indented JSON (dataclasses, paths, numpy and torch values allowed)."
     return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
@@ -149,6 +151,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError): return None
 
+# %% ../nbs/00_config.ipynb #89c07e93
 def environment() -> dict:
     "Library versions, git commit and machine (CPU, threads, GPU) for `run.json`."
     import platform
@@ -210,6 +213,7 @@ def reset_peak_memory() -> bool:
         return True
     except OSError: return False
 
+# %% ../nbs/00_config.ipynb #4f1f69b5
 def rss_mb() -> float:
     "Resident memory of this process now, in MB."
     kb = _status_kb("VmRSS")
@@ -225,6 +229,7 @@ def release_memory() -> None:
     try: ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError): pass
 
+# %% ../nbs/00_config.ipynb #b6cd39ab
 def peak_memory_mb() -> float:
     "Peak resident memory of this process in MB (since the last `reset_peak_memory`, where supported)."
     kb = _status_kb("VmHWM")

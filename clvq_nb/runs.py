@@ -74,6 +74,7 @@ def update_info(self: Run, **kw) -> dict:
     write_json(self.path / Run.files["run_json"], d)
     return d
 
+# %% ../nbs/00a_runs.ipynb #fd3905ae
 @patch
 def table_exists(self: Run) -> bool: return (self.path / Run.files["table_csv"]).exists()
 
@@ -104,6 +105,7 @@ def dev_sentences(self: Run) -> pd.DataFrame:
                         f"whose salient words are misplaced; {_RERUN}")
     return df
 
+# %% ../nbs/00a_runs.ipynb #09a59a11
 @patch
 def clear_results(self: Run) -> list[str]:
     "Delete what the experiment computed (not caches elsewhere); returns the names removed."
@@ -134,6 +136,7 @@ def claim(self: Run, key: dict, overwrite: bool = False) -> Run:
     self.update_info(key=key)
     return self
 
+# %% ../nbs/00a_runs.ipynb #c24c32bd
 @patch
 def check_inputs(self: Run, fingerprints: dict, log=print) -> None:
     """Record the data and classifier fingerprints; when they differ from the recorded ones (e.g. the hub data set

@@ -1,7 +1,7 @@
 """Prose names only things that exist: the markdown of every notebook in nbs/ (library, experiments, explore)
-and README.md may name a `clvq_nb` object (backticked `name(...)`, `clvq_nb.module.name`, a backticked
-snake_case or CamelCase identifier) or a `clvq <command>` only when the package has it. nbs/index.ipynb
-lists every notebook and every command."""
+and README.md may name a `clvq_nb` object (backticked `name(...)`, `clvq_nb.module.name`, `Class.attribute` or
+`Class.method(...)` of a clvq_nb class, a backticked snake_case or CamelCase identifier) or a `clvq <command>` only
+when the package has it. nbs/index.ipynb lists every notebook and every command."""
 import builtins, importlib, inspect, json, pkgutil, re
 from functools import cache
 from pathlib import Path
@@ -27,7 +27,7 @@ MATH = {"MSE", "exp", "log", "softmax", "argmin", "argmax", "max", "min"}
 # Names of other projects the prose refers to.
 EXTERNAL = {"VectorQuantize": "vector-quantize-pytorch", "FigureWidget": "plotly", "nbdev_export": "nbdev"}
 # Stale names in files this test's author may not edit: tolerated until fixed, then this entry must go (it fails).
-TO_FIX: set[tuple[str, str]] = set()   # e.g. {("nbs/11b_pipeline.ipynb", "run_experiment")}
+TO_FIX: set[tuple[str, str]] = set()   # e.g. {("nbs/10_pipeline.ipynb", "run_experiment")}
 
 
 def markdown_docs() -> list[tuple[str, str]]:
@@ -73,6 +73,17 @@ def exists(name: str) -> bool:
     return name in names or hasattr(builtins, name) or re.search(rf"\b{re.escape(name)}\b", src) is not None
 
 
+def ours(obj) -> bool:
+    "A class defined in clvq_nb."
+    return inspect.isclass(obj) and obj.__module__.startswith("clvq_nb")
+
+
+def class_has(cls: type, attr: str) -> bool:
+    "`cls` (or a base) has `attr`: a method, property, class attribute, dataclass field, or an attribute its code sets on self."
+    if hasattr(cls, attr) or attr in getattr(cls, "__dataclass_fields__", {}): return True
+    return re.search(rf"\bself\.{re.escape(attr)}\s*(?::[^=\n]+)?=[^=]", package()[1]) is not None
+
+
 def resolves(dotted: str) -> bool:
     "`clvq_nb.module.attr...` imports and resolves attribute by attribute."
     parts = dotted.split(".")
@@ -88,6 +99,7 @@ def resolves(dotted: str) -> bool:
 
 CODE = re.compile(r"`([^`\n]+)`")
 CALL = re.compile(r"^([A-Za-z_]\w*)(?:\.(\w+))?\(")
+ATTR = re.compile(r"^([A-Z]\w*)\.(\w+)$")         # `Class.attribute`
 IDENT = re.compile(r"^(?:[a-z]+(?:_[a-z0-9]+)+|[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+)$")   # snake_case with a _, or CamelCase
 COMMAND = re.compile(r"\bclvq ([a-z][\w-]*)")
 FENCE = re.compile(r"```.*?```", re.S)
@@ -101,12 +113,18 @@ def problems(where: str, text: str, commands: set[str]) -> list[str]:
         s = s.strip()
         for q in re.findall(r"\bclvq_nb(?:\.\w+)+", s):
             if not resolves(q): bad.append(f"{where}: `{q}` does not exist")
-        m = CALL.match(s)
+        m, a = CALL.match(s), ATTR.match(s)
         if m and not s.startswith("clvq_nb."):
             head, attr = m.groups()
-            # `obj.method(...)`: only checked when obj is a clvq_nb name (a class); torch.x(, np.x(, cache.x( are not ours
-            name = attr if attr and inspect.isclass(package()[0].get(head)) else (None if attr else head)
+            cls = package()[0].get(head)
+            if attr and ours(cls):   # `Class.method(...)` of a clvq_nb class: the class must have it
+                if not class_has(cls, attr): bad.append(f"{where}: `{s}`: {head} has no {attr!r}")
+                continue
+            # `obj.method(...)`: only checked when obj is a class the package uses; torch.x(, np.x(, cache.x( are not ours
+            name = attr if attr and inspect.isclass(cls) else (None if attr else head)
             if name and name not in MATH and not exists(name): bad.append(f"{where}: `{s}` names {name!r}, which does not exist")
+        elif a and ours(package()[0].get(a[1])):
+            if not class_has(package()[0][a[1]], a[2]): bad.append(f"{where}: `{s}`: {a[1]} has no {a[2]!r}")
         elif IDENT.match(s) and not exists(s):
             bad.append(f"{where}: `{s}` does not exist in clvq_nb")
     for c in COMMAND.findall("\n".join(spans + FENCE.findall(text))):
@@ -116,10 +134,13 @@ def problems(where: str, text: str, commands: set[str]) -> list[str]:
 
 def test_problems_are_found():
     commands = {"main"}
-    text = "Call `run_experiment(cfg)` or `clvq run`; see `clvq_nb.pipeline.nothing` and `no_such_thing`.\n```bash\nclvq nope\n```"
+    text = ("Call `run_experiment(cfg)` or `clvq run`; see `clvq_nb.pipeline.nothing` and `no_such_thing`, `Trainer.fit_model`"
+            " and `Trainer.train(ds)`.\n```bash\nclvq nope\n```")
     found = problems("x", text, commands)
-    assert len(found) == 5, found
-    ok = "`evaluate_model(model, ds)`, `clvq_nb.trainer.train_clvqvae`, `VectorQuantizer.forward(x)`, `torch.cdist(a, b)`, `clvq main`"
+    assert len(found) == 7, found
+    assert any("Trainer has no 'fit_model'" in f for f in found) and any("Trainer has no 'train'" in f for f in found), found
+    ok = ("`evaluate_model(model, ds)`, `clvq_nb.trainer.train_clvqvae`, `VectorQuantizer.forward(x)`, `torch.cdist(a, b)`, `clvq main`,"
+          " `Trainer.evaluate(ds)`, `TrainConfig.group_by_length`, `Trainer.history`, `ActivationCache.layers`, `Path.exists`")
     assert problems("x", ok, commands) == []
 
 

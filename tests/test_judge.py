@@ -143,7 +143,7 @@ def _frame(ratings: dict) -> pd.DataFrame:
 
 def test_agreement_hand_worked():
     a = agreement(_frame({"A": [1, 2, 3, 3], "B": [1, 2, 3, 1]}))
-    assert a["krippendorff_alpha"] == pytest.approx(5 / 12)          # worked out in nbs/10_judge.ipynb
+    assert a["krippendorff_alpha"] == pytest.approx(5 / 12)          # worked out in nbs/11c_agreement.ipynb
     # Spearman by hand: ranks A (1, 2, 3.5, 3.5), B (1.5, 3, 4, 1.5); d = (-.5, -1, -.5, 2) but ties -> Pearson of ranks
     ra, rb = np.array([1, 2, 3.5, 3.5]), np.array([1.5, 3, 4, 1.5])
     rho = ((ra - ra.mean()) * (rb - rb.mean())).sum() / np.sqrt(((ra - ra.mean()) ** 2).sum() * ((rb - rb.mean()) ** 2).sum())
