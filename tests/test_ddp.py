@@ -1,8 +1,8 @@
 """Two CPU processes (gloo) under torchrun train the same tiny CLVQ-VAE as one process on the concatenated
 batches: codebooks must be identical across ranks and equal to the 1-process run.
 
-The problem is deterministic on purpose (see tests/ddp_worker.py): top_k=1 and dropout=0, a fixed initial
-codebook and sentences of equal length.
+The problem is deterministic on purpose (see tests/ddp_worker.py): top_k=1 and dropout=0; otherwise as real runs are:
+sentences of different lengths, batches grouped by length, the codebook init from a sample of training tokens.
 """
 import os, socket, subprocess, sys
 from pathlib import Path
@@ -55,8 +55,9 @@ def test_ranks_identical(runs):
 
 
 def test_codebook_moved(runs):
-    model, _, _ = ddp_worker.build()
-    assert not torch.allclose(runs[0][0]["state"]["quantizer.embed"], model.quantizer.embed, atol=1e-3)
+    "The EMA updated the codes (an init sets every count N to 1): the comparisons below are not of untouched codebooks."
+    (r0, _), _, _ = runs
+    assert (r0["state"]["quantizer.cluster_size"] - 1).abs().max() > 0.1
 
 
 def test_equals_one_process(runs):
