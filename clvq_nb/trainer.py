@@ -390,27 +390,39 @@ def _check_ranks_agree(self: Trainer) -> None:
                            "a buffer is not synchronised across ranks")
 
 @torch.no_grad()
-def _init_from_sample(self: Trainer) -> None:
-    """Codebook init from the encoder outputs of a seeded sample of about `init_tokens` training tokens. Under DDP every
-    rank encodes the same sample in the same batches (the encoder is cheap) and rank 0's codebook is broadcast: the init
-    is the one-process init whatever the number of processes."""
+def _init_from_sentences(self: Trainer, take, amp: bool = False) -> None:
+    """Codebook init from the encoder outputs of the training sentences `take`, encoded in batches of `batch_size`.
+    Under DDP every rank encodes the same sentences in the same batches (the encoder is cheap) and rank 0's codebook is
+    broadcast: the init is the one-process init whatever the number of processes."""
     q = self.raw.quantizer
-    if bool(q.initted): return
-    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
-    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
-    take = order[:int(np.searchsorted(np.cumsum(lengths[order]), self.cfg.init_tokens)) + 1]
     was = self.raw.training; self.raw.eval()
     zs, bs = [], self.cfg.batch_size
-    for x, y, mask in _loader(self.train_ds, [take[i:i + bs].tolist() for i in range(0, len(take), bs)], self.collate_fn):
+    for x, y, mask in _loader(self.train_ds, [list(take[i:i + bs]) for i in range(0, len(take), bs)], self.collate_fn):
         _check_finite(x, y, "codebook init sample")
         x, mask = x.to(self.device), mask.to(self.device)
-        zs.append(self.raw.encoder(x)[mask].float())
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            zs.append(self.raw.encoder(x)[mask].float())
     self.raw.train(was)
     sync, q.sync_distributed = q.sync_distributed, False   # the rows are already every rank's: no gather
     try: q.init_codebook(torch.cat(zs))
     finally: q.sync_distributed = sync
     if self.world > 1:
         for b in (q.embed, q.embed_avg, q.cluster_size): dist.broadcast(b, 0)
+
+def _init_from_sample(self: Trainer) -> None:
+    "Codebook init from the encoder outputs of a seeded sample of about `init_tokens` training tokens."
+    if bool(self.raw.quantizer.initted): return
+    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
+    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
+    _init_from_sentences(self, order[:int(np.searchsorted(np.cumsum(lengths[order]), self.cfg.init_tokens)) + 1].tolist())
+
+def _init_from_first_batch(self: Trainer) -> None:
+    """Under DDP with `init_tokens=0` (the paper's init from the first batch): every rank encodes the whole first global
+    batch, as one process does lazily in its first step (same autocast); the quantizer's own lazy init would gather the
+    ranks' shares in rank order, and k-means++ depends on the order of its rows."""
+    if bool(self.raw.quantizer.initted): return
+    _init_from_sentences(self, epoch_batches(len(self.train_ds), self.cfg.batch_size, 0, self.cfg.seed, lengths=self._lengths)[0],
+                         amp=self.amp)
 
 @patch
 def fit(self: Trainer) -> list[dict]:
@@ -419,6 +431,7 @@ def fit(self: Trainer) -> list[dict]:
     if not self.resume():
         seed_everything(c.seed)
         if c.init_tokens: _init_from_sample(self)
+        elif self.world > 1: _init_from_first_batch(self)
         if self.rank: torch.manual_seed(c.seed * 1_000_003 + self.rank)   # own dropout masks and code draws per rank (rank 0's = one process's)
         if self.is_main and self.out_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)

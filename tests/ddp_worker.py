@@ -2,10 +2,12 @@
 
 Run under torchrun (2 CPU processes, gloo) or as a plain process (1-process reference):
 
-    python -m torch.distributed.run --nproc_per_node 2 --master_port P tests/ddp_worker.py OUT_DIR BATCH_SIZE
-    python tests/ddp_worker.py OUT_DIR BATCH_SIZE
+    python -m torch.distributed.run --nproc_per_node 2 --master_port P tests/ddp_worker.py OUT_DIR BATCH_SIZE INIT
+    python tests/ddp_worker.py OUT_DIR BATCH_SIZE INIT
 
-`BATCH_SIZE` is the global batch (each of N ranks takes BATCH_SIZE/N sentences). Every rank writes its
+`BATCH_SIZE` is the global batch (each of N ranks takes BATCH_SIZE/N sentences). `INIT` is the codebook init:
+'sample' (from a seeded sample of `init_tokens` training tokens, the cpu profile's) or 'first-batch' (init_tokens=0,
+from the first batch: the paper's). Every rank writes its
 final model state to OUT_DIR/state_rank{r}.pt.
 
 Why the problem is made deterministic: with top_k > 1 every rank samples codes from its own RNG
@@ -13,9 +15,8 @@ stream, and with dropout > 0 every rank draws its own dropout masks, so a 2-proc
 equal a 1-process run. With top_k = 1 (argmin) and dropout = 0 nothing random happens after the
 initialisation. The rest is as in real runs, which the trainer makes equal to one process: sentences of
 different lengths (each rank's loss is weighted by its share of the batch's tokens), batches grouped by
-length (each rank takes its share of the one-process batch) and the codebook init from `init_tokens`
-(every rank encodes the same sample). The lazy first-batch init (init_tokens=0) is not used: it gathers
-the ranks' rows in rank order, another order than the 1-process batch, and k-means++ depends on it.
+length (each rank takes its share of the one-process batch) and either codebook init (every rank encodes
+the same sentences as one process would).
 """
 import os, sys
 from pathlib import Path
@@ -40,10 +41,10 @@ def build(seed: int = 0) -> tuple[CLVQVAE, SyntheticPairs, SyntheticPairs]:
     return model, train, val
 
 
-def run(out_dir: str, batch_size: int) -> dict:
+def run(out_dir: str, batch_size: int, init: str = "sample") -> dict:
     model, train, val = build()
     cfg = TrainConfig(batch_size=batch_size, epochs=2, device="cpu", out_dir=str(Path(out_dir) / "run"), ckpt_every=2,
-                      init_tokens=150)   # the codebook init from a seeded sample of the training tokens
+                      init_tokens={"sample": 150, "first-batch": 0}[init])
     trainer = Trainer(model, cfg, train, val, progress=False)
     trainer.fit()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -53,5 +54,5 @@ def run(out_dir: str, batch_size: int) -> dict:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]))
+    run(sys.argv[1], int(sys.argv[2]), sys.argv[3])
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
