@@ -241,6 +241,10 @@ def _log(self: Trainer, rec: dict) -> None:
     if self.is_main and self.out_dir:
         with open(_metrics_path(self), "a", encoding="utf-8") as f: f.write(json.dumps(rec) + "\n")
 
+def _own_rng(self: Trainer) -> None:
+    "Every rank but rank 0 (whose stream is one process's) reseeds torch: its own dropout masks and code draws."
+    if self.rank: torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank)
+
 @patch
 def resume(self: Trainer) -> bool:
     "Restore the state of `out_dir/checkpoint.pt` if there is one (and `cfg.resume`); True when resumed."
@@ -257,6 +261,7 @@ def resume(self: Trainer) -> bool:
     self.raw.load_state_dict(ck["model"])
     self.opt.load_state_dict(ck["optimizer"]); self.sched.load_state_dict(ck["scheduler"])
     rngs = ck["rng"]; set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
+    if len(rngs) != self.world: _own_rng(self)   # resumed with another number of processes: ranks must not share rank 0's stream
     self.state = _State(**ck["state"])
     best = self.out_dir / "best" / "model.safetensors"
     if best.exists():
@@ -432,7 +437,7 @@ def fit(self: Trainer) -> list[dict]:
         seed_everything(c.seed)
         if c.init_tokens: _init_from_sample(self)
         elif self.world > 1: _init_from_first_batch(self)
-        if self.rank: torch.manual_seed(c.seed * 1_000_003 + self.rank)   # own dropout masks and code draws per rank (rank 0's = one process's)
+        _own_rng(self)
         if self.is_main and self.out_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(_metrics_path(self), "")
