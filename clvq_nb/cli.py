@@ -101,6 +101,14 @@ def write_report(executed: Path, report: Path) -> Path:
     return atomic_write_text(report, body)
 
 # %% ../nbs/14_cli.ipynb #b33a5f21
+def _rank() -> int:
+    "This process's rank under torchrun (0 otherwise)."
+    return int(os.environ.get("RANK", 0))
+
+def _say():
+    "The stage log of this process: `print` on rank 0 (and without torchrun), silence on the other ranks."
+    return print if _rank() == 0 else (lambda *a: None)
+
 def cmd_main(cfg: Exp, prepare_only: bool = False, no_notebook: bool = False, quiet: bool = False, debug: bool = False) -> int:
     """The main job: the full experiment (data, classifier, activation caches, every method, concept removal) through
     the experiment notebook; leaves the executed notebook and a static HTML report in the run folder.
@@ -112,14 +120,20 @@ def cmd_main(cfg: Exp, prepare_only: bool = False, no_notebook: bool = False, qu
         debug: show tracebacks of user errors."""
     from clvq_nb.pipeline import prepare, summary, compare, check_model, open_run
     check_model(cfg)
+    main_rank, say = _rank() == 0, _say()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not (no_notebook or prepare_only):
+        raise ClvqError("clvq main under torchrun: the experiment notebook runs in one process; add --no-notebook "
+                        "(the VQ fits then use every process) or run `clvq compare` under torchrun")
     if prepare_only:
-        print_summary(summary(prepare(cfg, progress=not quiet)))
+        p = prepare(cfg, progress=not quiet and main_rank, log=say)
+        if main_rank: print_summary(summary(p))
         return 0
-    run = open_run(cfg)          # refuses a folder of another experiment before any work
+    run = open_run(cfg) if main_rank else Run(cfg.run_dir())   # refuses a folder of another experiment before any work
     nb = None if no_notebook else find_notebook()
     if nb is None:
         if not no_notebook: print("[main] the experiment notebook is not installed: running the pipeline directly (no report)")
-        compare(prepare(cfg, progress=not quiet), progress=not quiet)
+        compare(prepare(cfg, progress=not quiet and main_rank, log=say), progress=not quiet and main_rank, log=say)
+        if not main_rank: return 0
     else:
         params = {**cfg.flat(), "output_dir": str(run.path.resolve())}
         print(f"[main] executing {nb} -> {run.notebook}", flush=True)
@@ -134,9 +148,13 @@ def cmd_main(cfg: Exp, prepare_only: bool = False, no_notebook: bool = False, qu
 
 # %% ../nbs/14_cli.ipynb #6e4d2a64
 def cmd_compare(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
-    "Every method on one dataset × model × layer pair; writes and prints the comparison table (no notebook)."
+    """Every method on one dataset × model × layer pair; writes and prints the comparison table (no notebook).
+    Under `torchrun --nproc_per_node N -m clvq_nb.cli compare ...` the VQ methods train with DDP over the N processes;
+    rank 0 does the rest and alone writes and prints."""
     from clvq_nb.pipeline import prepare, compare
-    t = compare(prepare(cfg, progress=not quiet), progress=not quiet)
+    show, say = not quiet and _rank() == 0, _say()
+    t = compare(prepare(cfg, progress=show, log=say), progress=show, log=say)
+    if t is None: return 0   # another rank than 0
     print_table(t)
     run = Run(cfg.run_dir())
     print(f"table: {run.table_csv}  figure: {run.figure_html}")
@@ -144,17 +162,21 @@ def cmd_compare(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
 
 # %% ../nbs/14_cli.ipynb #81ba1769
 def cmd_train(cfg: Exp, quiet: bool = False, debug: bool = False) -> int:
-    "Train the CLVQ-VAE alone on the prepared caches; print reconstruction FVU and perplexity (held-out and dev)."
+    """Train the CLVQ-VAE alone on the prepared caches; print reconstruction FVU and perplexity (held-out and dev).
+    Under `torchrun --nproc_per_node N -m clvq_nb.cli train ...` the N processes train one model with DDP; only rank 0
+    fine-tunes the classifier, writes files and prints."""
     from clvq_nb.pipeline import prepare
     from clvq_nb.trainer import train_clvqvae, evaluate_model
-    p = prepare(cfg, progress=not quiet)
+    main_rank = _rank() == 0
+    p = prepare(cfg, progress=not quiet and main_rank, log=_say())
     model, train = cfg.vq_settings(Run(cfg.run_dir()).train_dir("clvqvae"))
     t0 = time.time()
     res = train_clvqvae(p.train_cache, cfg.layer_in, cfg.layer_out, model_cfg=dict(model, codebook_size=cfg.codebook_size),
-                        train_cfg=train, progress=not quiet)
+                        train_cfg=train, progress=not quiet and main_rank)
     minutes = (time.time() - t0) / 60
-    dev = evaluate_model(res.model, p.dev_cache.sentence_pairs(cfg.layer_in, cfg.layer_out))
-    steps = res.history[-1]["step"] if res.history else 0
+    dev = evaluate_model(res.model, p.dev_cache.sentence_pairs(cfg.layer_in, cfg.layer_out))   # every rank: sums all-reduced
+    if not main_rank: return 0
+    steps = res.steps
     print(f"profile {cfg.profile}: stopped by {res.stop_reason} after {steps} steps, {len(res.history)} validations, "
           f"{minutes:.1f} min this call; {res.n_train} train / {res.n_val} held-out sentences")
     for name, m in (("held-out", res.val), ("dev", dev)):
@@ -281,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = e if isinstance(e, USER_ERRORS) else f"{e.evalue}  (raised in the experiment notebook, cell {e.exec_count})"
         print(f"clvq {cmd}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        d = sys.modules.get("torch.distributed")   # a torchrun job: leave the process group cleanly (never imports torch here)
+        if d is not None and d.is_available() and d.is_initialized(): d.destroy_process_group()
 
 if __name__ == "__main__" and "get_ipython" not in globals():   # `python -m clvq_nb.cli` (and torchrun -m), not a notebook
     sys.exit(main())

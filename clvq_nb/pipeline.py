@@ -472,11 +472,12 @@ def open_run(cfg: ExperimentConfig) -> Run:
 # %% ../nbs/10_pipeline.ipynb #3519c957
 _TIMING_COLUMNS = ("fit_seconds", "eval_seconds")  # kept in result.json and run.json, not in the table: it must not depend on speed
 
-def _fit_method(name: str, p: Prepared, run: Run, progress: bool, log: StageLog):
+def _fit_method(name: str, p: Prepared, run: Run, progress: bool, log: StageLog, write: bool = True):
+    "Fit method `name` and save it in the run (`write=False`: fit only, as the other ranks of a DDP fit do); reloads a saved one."
     import shutil
     from clvq_nb.baselines import load_method
     out = run.method_dir(name)
-    if (out / "method.json").exists(): return load_method(out)
+    if write and (out / "method.json").exists(): return load_method(out)
     cfg = p.cfg
     method = method_for(name, cfg, run.train_dir(name))
     l_out = cfg.layer_in if name == "vqvae" else (cfg.layer_out if method.cross_layer else None)
@@ -484,6 +485,7 @@ def _fit_method(name: str, p: Prepared, run: Run, progress: bool, log: StageLog)
         + (f" -> {l_out}" if l_out not in (None, cfg.layer_in) else ""))
     fault_point(f"fit:{name}")
     method.fit(p.train_cache, cfg.layer_in, l_out, progress=progress)
+    if not write: return method
     method.save(out)
     hist = run.train_dir(name) / "metrics.jsonl"
     if hist.exists(): shutil.copyfile(hist, out / "metrics.jsonl")
@@ -548,12 +550,33 @@ def _dev_concepts(name: str, p: Prepared, run: Run) -> np.ndarray:
     return assign_tokens(load_method(run.method_dir(name)), p.dev_cache, p.cfg.layer_in, progress=False)
 
 # %% ../nbs/10_pipeline.ipynb #3b01b527
-def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame:
-    "Run every method of `p.cfg` on the prepared caches; write the comparison table (CSV, JSON, plotly HTML) and the dev-sentence table."
+def _fit_vq_together(p: Prepared, run: Run, progress: bool, log: StageLog) -> None:
+    """Under torchrun: every process fits the VQ methods not saved yet together (DDP, one model); rank 0 saves them.
+    Rank 0 decides what is left to fit, so every rank enters the same fits. Then the process group is closed and
+    rank 0 goes on as a one-process job: no later collective (an evaluation, a refit) can wait for a rank that left."""
+    import os, torch.distributed as dist
+    rank = dist.get_rank()
+    for name in [m for m in p.cfg.method_list() if m in ("clvqvae", "vqvae")]:
+        todo = [not (run.method_dir(name) / "method.json").exists()]
+        dist.broadcast_object_list(todo, 0)
+        if todo[0]: _fit_method(name, p, run, progress and rank == 0, log, write=rank == 0)
+        dist.barrier()   # saved before rank 0 goes on (it reloads the method from the run folder)
+    dist.destroy_process_group()
+    os.environ.update(WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+
+def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame | None:
+    """Run every method of `p.cfg` on the prepared caches; write the comparison table (CSV, JSON, plotly HTML) and the
+    dev-sentence table. Under torchrun the VQ methods are fitted by all processes (DDP), everything else by rank 0
+    alone; the other ranks return None."""
+    import torch.distributed as dist
     from clvq_nb.viz import comparison_figure
     cfg, log = p.cfg, _as_log(log)
-    run = open_run(cfg)
-    run.check_inputs(inputs_fingerprint(p), log=log)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    run = open_run(cfg) if rank == 0 else Run(cfg.run_dir())
+    if rank == 0: run.check_inputs(inputs_fingerprint(p), log=log)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        _fit_vq_together(p, run, progress, log)
+        if rank: return None
     p.train_cache.tokens.to_parquet(run.tokens_parquet)
     log(f"[salient] Integrated Gradients ({cfg.ig_steps} steps) on {len(p.dev_cache.sentence_offsets) - 1} dev sentences")
     t0 = time.perf_counter(); fault_point("salient")

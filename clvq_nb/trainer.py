@@ -96,9 +96,14 @@ def profile(name: str = "auto", device: str = "auto") -> dict:
 # %% ../nbs/06_trainer.ipynb #f61936f9
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int = 0, rank: int = 0, world: int = 1,
                   shuffle: bool = True, lengths: np.ndarray | None = None, group: int = 50) -> list[list[int]]:
-    "This rank's batches of one epoch: a seeded permutation of `range(n)` split over `world` ranks, in batches (grouped by `lengths` if given)."
+    """This rank's batches of one epoch: a seeded permutation of `range(n)` in batches (grouped by `lengths` if given).
+    Training (`shuffle`) with `world` ranks: the one-process batches of `batch_size * world` sentences, rank r taking
+    sentences r, r+world, ... of each (a last batch smaller than `world` is dropped); evaluation: every world-th sentence."""
+    if shuffle and world > 1:   # the same global batches whatever the number of processes (also grouped by length)
+        return [b[rank::world] for b in epoch_batches(n, batch_size * world, epoch, seed, lengths=lengths, group=group)
+                if len(b) >= world]
     if shuffle:
-        s = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        s = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=seed)
         s.set_epoch(epoch); idx = list(s)
     else: idx = list(range(rank, n, world))  # evaluation: no padding duplicates
     if lengths is None: return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
@@ -243,6 +248,10 @@ def _log(self: Trainer, rec: dict) -> None:
         with open(_metrics_path(self), "a", encoding="utf-8") as f: f.write(json.dumps(rec) + "\n")
 
 # %% ../nbs/06_trainer.ipynb #b8d21b88
+def _own_rng(self: Trainer) -> None:
+    "Every rank but rank 0 (whose stream is one process's) reseeds torch: its own dropout masks and code draws."
+    if self.rank: torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank)
+
 @patch
 def resume(self: Trainer) -> bool:
     "Restore the state of `out_dir/checkpoint.pt` if there is one (and `cfg.resume`); True when resumed."
@@ -259,6 +268,7 @@ def resume(self: Trainer) -> bool:
     self.raw.load_state_dict(ck["model"])
     self.opt.load_state_dict(ck["optimizer"]); self.sched.load_state_dict(ck["scheduler"])
     rngs = ck["rng"]; set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
+    if len(rngs) != self.world: _own_rng(self)   # resumed with another number of processes: ranks must not share rank 0's stream
     self.state = _State(**ck["state"])
     best = self.out_dir / "best" / "model.safetensors"
     if best.exists():
@@ -341,6 +351,9 @@ def _train_step(self: Trainer, x, y, mask) -> Any:
         raise FloatingPointError(f"the loss became {loss.item()} at epoch {self.state.epoch}, batch {self.state.step_in_epoch} "
                                  f"(global step {self.state.global_step}) with finite inputs; lower the learning rate (lr={self.cfg.lr})")
     self.opt.zero_grad(set_to_none=True)
+    if self.world > 1:   # DDP averages the ranks' gradients: weight each rank's token mean by its share of the batch's tokens,
+        n = mask.sum().to(torch.float64).reshape(1); total = n.clone(); dist.all_reduce(total)   # so the step is the global mean's
+        loss = loss * (n * self.world / total).to(loss.dtype).squeeze()
     loss.backward()
     if self.cfg.grad_clip > 0: torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip)
     self.opt.step()
@@ -382,21 +395,51 @@ def _validate(self: Trainer) -> None:
 
 # %% ../nbs/06_trainer.ipynb #56b43035
 @torch.no_grad()
-def _init_from_sample(self: Trainer) -> None:
-    "Codebook init from the encoder outputs of a seeded sample of about `init_tokens` training tokens (split over ranks)."
+def _check_ranks_agree(self: Trainer) -> None:
+    "Under DDP: raise when the ranks ended with different weights or codebooks (only rank 0 saves, so a desync would go unseen)."
+    v = torch.stack([t.detach().double().sum() for t in self.raw.state_dict().values() if t.is_floating_point()])
+    lo, hi = v.clone(), v.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN); dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        names = [k for k, t in self.raw.state_dict().items() if t.is_floating_point()]
+        raise RuntimeError(f"the {self.world} DDP processes ended with different states ({[n for n, a, b in zip(names, lo, hi) if a != b][:5]}); "
+                           "a buffer is not synchronised across ranks")
+
+@torch.no_grad()
+def _init_from_sentences(self: Trainer, take, amp: bool = False) -> None:
+    """Codebook init from the encoder outputs of the training sentences `take`, encoded in batches of `batch_size`.
+    Under DDP every rank encodes the same sentences in the same batches (the encoder is cheap) and rank 0's codebook is
+    broadcast: the init is the one-process init whatever the number of processes."""
     q = self.raw.quantizer
-    if bool(q.initted): return
-    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
-    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))[self.rank::self.world]
-    take = order[:int(np.searchsorted(np.cumsum(lengths[order]), self.cfg.init_tokens // self.world)) + 1]
+
     was = self.raw.training; self.raw.eval()
-    zs = []
-    for x, y, mask in _loader(self.train_ds, [take[i:i + self.local_bs].tolist() for i in range(0, len(take), self.local_bs)], self.collate_fn):
+    zs, bs = [], self.cfg.batch_size
+    for x, y, mask in _loader(self.train_ds, [list(take[i:i + bs]) for i in range(0, len(take), bs)], self.collate_fn):
         _check_finite(x, y, "codebook init sample")
         x, mask = x.to(self.device), mask.to(self.device)
-        zs.append(self.raw.encoder(x)[mask].float())
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            zs.append(self.raw.encoder(x)[mask].float())
     self.raw.train(was)
-    q.init_codebook(torch.cat(zs))
+    sync, q.sync_distributed = q.sync_distributed, False   # the rows are already every rank's: no gather
+    try: q.init_codebook(torch.cat(zs))
+    finally: q.sync_distributed = sync
+    if self.world > 1:
+        for b in (q.embed, q.embed_avg, q.cluster_size): dist.broadcast(b, 0)
+
+def _init_from_sample(self: Trainer) -> None:
+    "Codebook init from the encoder outputs of a seeded sample of about `init_tokens` training tokens."
+    if bool(self.raw.quantizer.initted): return
+    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
+    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
+    _init_from_sentences(self, order[:int(np.searchsorted(np.cumsum(lengths[order]), self.cfg.init_tokens)) + 1].tolist())
+
+def _init_from_first_batch(self: Trainer) -> None:
+    """Under DDP with `init_tokens=0` (the paper's init from the first batch): every rank encodes the whole first global
+    batch, as one process does lazily in its first step (same autocast); the quantizer's own lazy init would gather the
+    ranks' shares in rank order, and k-means++ depends on the order of its rows."""
+    if bool(self.raw.quantizer.initted): return
+    _init_from_sentences(self, epoch_batches(len(self.train_ds), self.cfg.batch_size, 0, self.cfg.seed, lengths=self._lengths)[0],
+                         amp=self.amp)
 
 # %% ../nbs/06_trainer.ipynb #e7d3574e
 @patch
@@ -406,6 +449,8 @@ def fit(self: Trainer) -> list[dict]:
     if not self.resume():
         seed_everything(c.seed)
         if c.init_tokens: _init_from_sample(self)
+        elif self.world > 1: _init_from_first_batch(self)
+        _own_rng(self)
         if self.is_main and self.out_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(_metrics_path(self), "")
@@ -449,6 +494,7 @@ def fit(self: Trainer) -> list[dict]:
         self.save()
     # the best validated weights (also after a budget stop: a resumed run restarts from the checkpoint, not from these)
     if c.restore_best and self._best is not None: self.raw.load_state_dict(self._best)
+    if self.world > 1: _check_ranks_agree(self)
     if self.is_main and self.out_dir: self.raw.save_pretrained(self.out_dir / "model")  # the last weights if no epoch was validated yet
     return self.history
 
@@ -480,6 +526,7 @@ class TrainResult:
     n_train: int = 0
     n_val: int = 0
     stop_reason: Optional[str] = None
+    steps: int = 0            # optimizer steps taken in total (also those of earlier, resumed calls)
 
 # %% ../nbs/06_trainer.ipynb #41325ccc
 def split_sentences(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -515,4 +562,5 @@ def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict 
     trainer = Trainer(model, tcfg, train_ds, val_ds, progress=progress)
     history = trainer.fit()
     val = trainer.evaluate() if val_ds is not None else {}
-    return TrainResult(model.eval(), history, val, tcfg.out_dir and Path(tcfg.out_dir), len(train_ds), len(va_ids), trainer.stop_reason)
+    return TrainResult(model.eval(), history, val, tcfg.out_dir and Path(tcfg.out_dir), len(train_ds), len(va_ids), trainer.stop_reason,
+                       trainer.state.global_step)

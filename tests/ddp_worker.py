@@ -2,19 +2,21 @@
 
 Run under torchrun (2 CPU processes, gloo) or as a plain process (1-process reference):
 
-    python -m torch.distributed.run --nproc_per_node 2 --master_port P tests/ddp_worker.py OUT_DIR BATCH_SIZE
-    python tests/ddp_worker.py OUT_DIR BATCH_SIZE
+    python -m torch.distributed.run --nproc_per_node 2 --master_port P tests/ddp_worker.py OUT_DIR BATCH_SIZE INIT
+    python tests/ddp_worker.py OUT_DIR BATCH_SIZE INIT
 
-`BATCH_SIZE` is the global batch (each of N ranks takes BATCH_SIZE/N sentences). Every rank writes its
+`BATCH_SIZE` is the global batch (each of N ranks takes BATCH_SIZE/N sentences). `INIT` is the codebook init:
+'sample' (from a seeded sample of `init_tokens` training tokens, the cpu profile's) or 'first-batch' (init_tokens=0,
+from the first batch: the paper's). Every rank writes its
 final model state to OUT_DIR/state_rank{r}.pt.
 
 Why the problem is made deterministic: with top_k > 1 every rank samples codes from its own RNG
 stream, and with dropout > 0 every rank draws its own dropout masks, so a 2-process run could not
 equal a 1-process run. With top_k = 1 (argmin) and dropout = 0 nothing random happens after the
-initialisation. The codebook is set explicitly (not by the lazy k-means init) because the init would
-see the gathered rows in rank order, a different order from the 1-process batch, and k-means++ depends
-on the row order. All sentences have the same length, so each rank's mean loss has the same weight
-and DDP's gradient average equals the gradient of the 1-process mean.
+initialisation. The rest is as in real runs, which the trainer makes equal to one process: sentences of
+different lengths (each rank's loss is weighted by its share of the batch's tokens), batches grouped by
+length (each rank takes its share of the one-process batch) and either codebook init (every rank encodes
+the same sentences as one process would).
 """
 import os, sys
 from pathlib import Path
@@ -26,25 +28,23 @@ torch.set_num_threads(1)
 from clvq_nb.clvqvae import CLVQVAE, CLVQVAEConfig
 from clvq_nb.trainer import SyntheticPairs, TrainConfig, Trainer
 
-N_TRAIN, N_VAL, SEQ = 48, 12, 6
+N_TRAIN, N_VAL = 48, 12
 
 
 def build(seed: int = 0) -> tuple[CLVQVAE, SyntheticPairs, SyntheticPairs]:
-    data = SyntheticPairs(N_TRAIN + N_VAL, d_in=16, d_out=8, min_len=SEQ, max_len=SEQ, seed=seed)
+    data = SyntheticPairs(N_TRAIN + N_VAL, d_in=16, d_out=8, min_len=2, max_len=9, seed=seed)
     train = torch.utils.data.Subset(data, range(N_TRAIN))
     val = torch.utils.data.Subset(data, range(N_TRAIN, N_TRAIN + N_VAL))
     torch.manual_seed(seed)
     model = CLVQVAE(CLVQVAEConfig(d_in=16, d_out=8, codebook_size=10, top_k=1, n_layers=2, n_heads=2, d_ff=32,
-                                  dropout=0.0, init="random"))
-    rows = torch.cat([data[i][0] for i in range(N_TRAIN)])
-    model.quantizer.set_codebook(rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:10]])
+                                  dropout=0.0))
     return model, train, val
 
 
-def run(out_dir: str, batch_size: int) -> dict:
+def run(out_dir: str, batch_size: int, init: str = "sample") -> dict:
     model, train, val = build()
     cfg = TrainConfig(batch_size=batch_size, epochs=2, device="cpu", out_dir=str(Path(out_dir) / "run"), ckpt_every=2,
-                      group_by_length=False)  # grouping sorts each rank's share on its own: batches would differ from 1 process
+                      init_tokens={"sample": 150, "first-batch": 0}[init])
     trainer = Trainer(model, cfg, train, val, progress=False)
     trainer.fit()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -54,5 +54,5 @@ def run(out_dir: str, batch_size: int) -> dict:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]))
+    run(sys.argv[1], int(sys.argv[2]), sys.argv[3])
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()

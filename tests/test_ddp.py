@@ -1,8 +1,9 @@
 """Two CPU processes (gloo) under torchrun train the same tiny CLVQ-VAE as one process on the concatenated
 batches: codebooks must be identical across ranks and equal to the 1-process run.
 
-The problem is deterministic on purpose (see tests/ddp_worker.py): top_k=1 and dropout=0, a fixed initial
-codebook and sentences of equal length.
+The problem is deterministic on purpose (see tests/ddp_worker.py): top_k=1 and dropout=0; otherwise as real runs are:
+sentences of different lengths, batches grouped by length, the codebook init from a sample of training tokens or
+from the first batch.
 """
 import os, socket, subprocess, sys
 from pathlib import Path
@@ -30,18 +31,18 @@ def _key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sample", "first-batch"])
+def runs(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"): env.pop(v, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(HERE / "ddp_worker.py"), str(out / "ddp"), "16"]
+           str(HERE / "ddp_worker.py"), str(out / "ddp"), "16", request.param]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     ranks = [torch.load(out / "ddp" / f"state_rank{r}.pt", weights_only=False) for r in (0, 1)]
     (out / "single").mkdir()
-    single = ddp_worker.run(str(out / "single"), 16)  # same global batch of 16 sentences, one process
+    single = ddp_worker.run(str(out / "single"), 16, request.param)  # same global batch of 16 sentences, one process
     return ranks, single, out
 
 
@@ -55,8 +56,9 @@ def test_ranks_identical(runs):
 
 
 def test_codebook_moved(runs):
-    model, _, _ = ddp_worker.build()
-    assert not torch.allclose(runs[0][0]["state"]["quantizer.embed"], model.quantizer.embed, atol=1e-3)
+    "The EMA updated the codes (an init sets every count N to 1): the comparisons below are not of untouched codebooks."
+    (r0, _), _, _ = runs
+    assert (r0["state"]["quantizer.cluster_size"] - 1).abs().max() > 0.1
 
 
 def test_equals_one_process(runs):
