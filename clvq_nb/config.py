@@ -16,7 +16,7 @@ import torch
 __all__ = ['clvq_home', 'package_dir', 'get_device', 'seed_everything', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'write_json', 'read_json', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError', 'git_commit',
            'environment', 'text_progress', 'fault_point', 'ConfigMixin', 'reset_peak_memory', 'rss_mb',
-           'release_memory', 'peak_memory_mb', 'track_memory']
+           'release_memory', 'lean_allocators', 'peak_memory_mb', 'track_memory']
 
 # %% ../nbs/00_config.ipynb #af990963
 def clvq_home() -> Path:
@@ -222,11 +222,26 @@ def rss_mb() -> float:
         return round(psutil.Process().memory_info().rss / 2**20, 1)
     return round(kb / 1024, 1)
 
+def _libc():
+    import ctypes, ctypes.util
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
 def release_memory() -> None:
     "Collect garbage and return freed heap pages to the system (glibc `malloc_trim`; a no-op elsewhere)."
-    import ctypes, ctypes.util, gc
+    import gc
     gc.collect()
-    try: ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    try: _libc().malloc_trim(0)
+    except (OSError, AttributeError): pass
+
+def lean_allocators(mmap_threshold: int = 1 << 20) -> None:
+    """Keep memory that was freed from staying resident; changes no result, only where memory comes from.
+    glibc serves every allocation of `mmap_threshold` bytes or more with its own mapping, returned to the system
+    when freed (by default the threshold grows with the blocks freed, and tensors of varying sizes then fragment
+    the heap); oneDNN keeps no cache of primitives (its bf16 layers otherwise keep one per input shape: hundreds
+    of MB over a VQ-VAE training on sentences of varying length). Call it before the first bf16 operation;
+    an `ONEDNN_PRIMITIVE_CACHE_CAPACITY` set by the user wins."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    try: _libc().mallopt(-3, int(mmap_threshold))    # M_MMAP_THRESHOLD (glibc); a no-op elsewhere
     except (OSError, AttributeError): pass
 
 # %% ../nbs/00_config.ipynb #b6cd39ab

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from fastcore.basics import patch
 
-from .config import (ClvqError, ConfigMixin, clvq_home, environment, fault_point, peak_memory_mb, read_json,
-                            seed_everything, stable_hash, track_memory, write_json)
+from .config import (ClvqError, ConfigMixin, clvq_home, environment, fault_point, lean_allocators, peak_memory_mb,
+                            read_json, seed_everything, stable_hash, track_memory, write_json)
 from .runs import Run
 
 # %% auto #0
@@ -328,7 +328,7 @@ class Prepared:
     train_cache: Any          # clvq_nb.activations.ActivationCache of the train split
     dev_cache: Any            # ... and of the dev split
     timings: dict = field(default_factory=dict)
-    peak_mb: dict = field(default_factory=dict)   # process peak RSS after each stage
+    peak_mb: dict = field(default_factory=dict)   # peak RSS (MB) of each stage: data, classifier, activations, then compare's
 
 # %% ../nbs/10_pipeline.ipynb #3541b2fd
 DROPPED = ("empty_text", "missing_label", "duplicate_text", "leakage_dev")  # the data's hygiene counts of dropped rows
@@ -363,6 +363,7 @@ def prepare(cfg: ExperimentConfig, progress: bool = True, log=print) -> Prepared
     from clvq_nb.activations import get_activations
     log = _as_log(log)
     check_model(cfg)
+    lean_allocators()     # freed memory leaves the process: each stage's peak is its own, not the sum of the earlier ones
     seed_everything(cfg.seed)
     t, mem = {}, {}
     log(f"[data] loading {cfg.dataset!r} (max_sentences={cfg.max_sentences})"); t0 = time.perf_counter()
@@ -580,7 +581,7 @@ def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame | Non
     p.train_cache.tokens.to_parquet(run.tokens_parquet)
     log(f"[salient] Integrated Gradients ({cfg.ig_steps} steps) on {len(p.dev_cache.sentence_offsets) - 1} dev sentences")
     t0 = time.perf_counter(); fault_point("salient")
-    mem = dict(p.peak_mb)
+    mem = p.peak_mb     # the summary reports every stage's peak: preparation, salient words, each method
     with track_memory("salient", mem): sal = dev_salient(p, run, progress)
     sal_s = time.perf_counter() - t0
     log(f"[salient] {int((np.asarray(sal.index) >= 0).sum())} dev sentences have a salient word ({sal_s:.0f}s)")
