@@ -23,8 +23,8 @@ from .metrics import dead_fraction, fvu_from_sums, fvu_sums
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'keep_mask', 'fit_rows', 'gather_rows', 'iter_row_chunks', 'nearest_centroid', 'nearest_live',
            'ConceptMethod', 'ward_linkage', 'ward_labels', 'ward_memory_bytes', 'available_memory',
-           'AgglomerativeConfig', 'Agglomerative', 'KMeansConfig', 'KMeans', 'SAEConfig', 'CrossLayerSAE',
-           'CLVQVAEMethodConfig', 'CLVQVAEMethod', 'SingleLayerVQVAE', 'get_method', 'load_method']
+           'AgglomerativeConfig', 'CentroidMethod', 'Agglomerative', 'KMeansConfig', 'KMeans', 'SAEConfig',
+           'CrossLayerSAE', 'CLVQVAEMethodConfig', 'CLVQVAEMethod', 'SingleLayerVQVAE', 'get_method', 'load_method']
 
 # %% ../nbs/07_baselines.ipynb #55e0811b
 def keep_mask(cache) -> np.ndarray:
@@ -282,15 +282,16 @@ def _check_k(name: str, k: int, n: int, what: str, l: int):
                                f"lower {what} to at most {n} or use a larger cache")
 
 # %% ../nbs/07_baselines.ipynb #6759a789
-class Agglomerative(ConceptMethod):
-    "Ward agglomerative clustering of the layer-`l_in` tokens (ConceptX); concept vector = cluster centroid `[d_in]`."
-    name, Config = "agglomerative", AgglomerativeConfig
-
+class CentroidMethod(ConceptMethod):
+    "A clustering of the layer-`l_in` tokens into `cfg.n_clusters` centroids `[K, d_in]`: a token's concept is its nearest live centroid."
     @property
     def n_concepts(self) -> int: return self.cfg.n_clusters
-
     def _assign(self, x): return nearest_live(x, self.centroids, self.live)
     def _vector(self, k): return self.centroids[k].clone()
+
+class Agglomerative(CentroidMethod):
+    "Ward agglomerative clustering of the layer-`l_in` tokens (ConceptX); concept vector = cluster centroid `[d_in]`."
+    name, Config = "agglomerative", AgglomerativeConfig
     def _state(self): return dict(centroids=self.centroids, labels_=self.labels_, rows_=self.rows_)
     def _load_state(self, t, path): self.centroids, self.labels_, self.rows_ = t["centroids"], t["labels_"], t["rows_"]
 
@@ -349,15 +350,9 @@ class KMeansConfig(ConfigMixin):
         if self.n_clusters < 1: raise ValueError(f"n_clusters must be >= 1, got {self.n_clusters}")
 
 # %% ../nbs/07_baselines.ipynb #cb85f390
-class KMeans(ConceptMethod):
+class KMeans(CentroidMethod):
     "k-means of the layer-`l_in` tokens (faiss or scikit-learn), fitted on a seeded sample; concept vector = centroid `[d_in]`."
     name, Config = "kmeans", KMeansConfig
-
-    @property
-    def n_concepts(self) -> int: return self.cfg.n_clusters
-
-    def _assign(self, x): return nearest_live(x, self.centroids, self.live)
-    def _vector(self, k): return self.centroids[k].clone()
     def _state(self): return dict(centroids=self.centroids)
     def _load_state(self, t, path): self.centroids = t["centroids"]
 
