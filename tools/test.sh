@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, from a clean clone: environment, notebook hygiene, notebook tests, pytest.
 #   bash tools/test.sh          the suite CI runs (.ci/run calls exactly this): everything not flagged slow/browser/gpu;
-#                               ~15 min on 2 idle cores, no outcome depends on the machine's speed
+#                               6 min on 2 idle cores from a fresh clone, 20 min under heavy load; no outcome depends on speed
 #   bash tools/test.sh --slow   then the slow tier: `#| slow` notebook cells and `slow`/`browser` pytest marks
 #                               (real default model, fault injection at every stage, decoder LMs, JupyterLab)
 #   bash tools/test.sh --only-slow   the slow tier alone (environment and hygiene checks still run first)
