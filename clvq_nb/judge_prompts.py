@@ -35,6 +35,7 @@ def concept_text(concept: ConceptView, **kw) -> str:
 TASK_GUIDANCE = {
     "movie": "The model reads one sentence of a movie review and predicts its sentiment.",
     "movie-sst": "The model reads one sentence of a movie review and predicts its sentiment.",
+    "imdb": "The model reads one sentence of a movie review and predicts its sentiment.",
     "toxicity": "The model reads a short message and predicts whether it is harmful (toxic) or not.",
     "news": "The model reads a news text and predicts its topic.",
 }
@@ -71,16 +72,17 @@ PAPER_GUIDANCE = {
              "conflicts), sports (teams, games, players), business (companies, markets, money), science/technology "
              "(research, technology, innovation)."),
 }
-PAPER_GUIDANCE["movie-sst"] = PAPER_GUIDANCE["movie"]
+PAPER_GUIDANCE["movie-sst"] = PAPER_GUIDANCE["imdb"] = PAPER_GUIDANCE["movie"]
 
 PAPER_MEANINGS = {"movie": ["Negative Sentiment Review", "Positive Sentiment Review"],
                   "movie-sst": ["Negative Sentiment Review", "Positive Sentiment Review"],
+                  "imdb": ["Negative Sentiment Review", "Positive Sentiment Review"],
                   "toxicity": ["Non-toxic Comment", "Toxic Comment"],
                   "news": ["World News", "Sports News", "Business News", "Science/Technology News"]}
 
 # the classes each guidance speaks about: a data set whose classes differ (an offline stand-in such as SMS spam
 # for toxicity, BBC topics for AG News) gets no task guidance, only its class names
-TASK_LABELS = {"movie": ["negative", "positive"], "movie-sst": ["negative", "positive"], "toxicity": ["non-toxic", "toxic"],
+TASK_LABELS = {"movie": ["negative", "positive"], "movie-sst": ["negative", "positive"], "imdb": ["negative", "positive"], "toxicity": ["non-toxic", "toxic"],
                "news": ["World", "Sports", "Business", "Sci/Tech"]}
 
 def task_of(dataset: str, label_names: Sequence[str]) -> str | None:

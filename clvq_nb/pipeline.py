@@ -39,7 +39,7 @@ def _choice(owner: str, name: str, value, accepted) -> None:
 @dataclass
 class DataConfig(ConfigMixin):
     "Which sentences: a registry data set or a local file, capped for the CPU budget."
-    dataset: str = "movie"               # registry name (movie, movie-sst, toxicity, news) or a csv/tsv/jsonl/parquet file
+    dataset: str = "movie"               # registry name (movie, movie-sst, imdb, toxicity, news) or a csv/tsv/jsonl/parquet file
     max_sentences: Optional[int] = 4000  # cap on the data set before the 90/10 split (None or 0 = all)
     text_col: Optional[str] = None       # column of the texts in a local file (None: 'text' or a usual name)
     label_col: Optional[str] = None      # column of the labels in a local file (None: 'label' or a usual name)

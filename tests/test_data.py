@@ -20,6 +20,7 @@ EXPECTED = {
     "movie-sst": (9_510, 1_056, ["negative", "positive"]),
     "toxicity": (4_060, 452, ["ham", "spam"]),
     "news": (1_895, 210, ["business", "entertainment", "politics", "sports", "tech"]),
+    "imdb": (269_902, 29_968, ["negative", "positive"]),
 }
 
 
@@ -184,8 +185,8 @@ def test_local_cleaning(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 def test_unknown_name():
-    with pytest.raises(ValueError, match=r"unknown data set 'imdb'.*\['movie', 'movie-sst', 'news', 'toxicity'\].*local"):
-        load_data("imdb")
+    with pytest.raises(ValueError, match=r"unknown data set 'sst2'.*\['imdb', 'movie', 'movie-sst', 'news', 'toxicity'\].*local"):
+        load_data("sst2")
 
 
 def test_missing_file(tmp_path):
