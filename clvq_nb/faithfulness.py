@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import read_json, write_json
+from .config import ClvqError, read_json, write_json
 from .metrics import (EvalProtocol, ablation_figure, aggregate_seeds, causal_removal, evaluate_protocol, layer_mean,
                              protocols, run_ablation, sentence_labels, splice_report)
 
 # %% auto #0
-__all__ = ['protocol_caches', 'fit_methods', 'protocol_salient', 'evaluate_methods', 'faithfulness_report', 'ablation_table']
+__all__ = ['NOTEBOOK_DEFAULTS', 'NOTEBOOK_EXTRA', 'protocol_caches', 'fit_methods', 'protocol_salient', 'evaluate_methods',
+           'notebook_parameters_cell', 'report_from_parameters', 'faithfulness_report', 'ablation_table']
 
 # %% ../nbs/10a_faithfulness.ipynb #4226a876
 def _dev_words(cache) -> list[list[str]]:
@@ -88,6 +89,24 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
     return out
 
 # %% ../nbs/10a_faithfulness.ipynb #59211a3f
+NOTEBOOK_DEFAULTS = {"protocol": "both", "folds": 20}   # faithfulness.ipynb: the experiment's parameters with these defaults
+NOTEBOOK_EXTRA = {"causal": (True, "causal removal and reconstruction splicing inside the classifier"),
+                  "ablation": (False, "one protocol point at a time from sound to paper (refits the training-side points)")}
+
+def notebook_parameters_cell() -> str:
+    "The source of faithfulness.ipynb's parameters cell (kept equal by a test): run.ipynb's with `NOTEBOOK_DEFAULTS` and `NOTEBOOK_EXTRA`."
+    from clvq_nb.pipeline import parameters_cell
+    return parameters_cell(NOTEBOOK_DEFAULTS, NOTEBOOK_EXTRA)
+
+def report_from_parameters(ns: dict, progress: bool = False, log=print):
+    "faithfulness.ipynb's work from its globals `ns`: check them, prepare the experiment, run `faithfulness_report`."
+    from clvq_nb.pipeline import check_parameters, prepare
+    cfg = check_parameters({k: v for k, v in ns.items() if k not in NOTEBOOK_EXTRA})
+    if cfg.protocol == "none": raise ClvqError("protocol='none' leaves this notebook nothing to do: use 'paper', 'sound' or 'both'")
+    p = prepare(cfg, progress=progress, log=log)
+    return faithfulness_report(p, cfg.protocol, seeds=tuple(range(cfg.seed, cfg.seed + cfg.protocol_seeds)), causal=ns.get("causal", True),
+                               ablation=ns.get("ablation", False), ig_steps=cfg.ig_steps, folds=cfg.folds, progress=progress, log=log)
+
 def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), methods: str | None = None,
                         causal: bool = True, ablation: bool = False, ig_steps: int | None = None, folds: int | None = None,
                         out_dir: str | Path | None = None, progress: bool = False, log=print) -> dict[str, pd.DataFrame]:

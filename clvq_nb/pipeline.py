@@ -629,13 +629,18 @@ def check_parameters(ns: dict) -> ExperimentConfig:
     return ExperimentConfig.from_flat({k: ns[k] for k in NOTEBOOK_PARAMETERS if k in ns})
 
 # %% ../nbs/10_pipeline.ipynb #83d1ed4b
-def parameters_cell() -> str:
-    "The source of run.ipynb's parameters cell: every field with its default and help (kept equal by a test)."
+def parameters_cell(defaults: dict | None = None, extra: dict | None = None) -> str:
+    """The source of run.ipynb's parameters cell: every field with its default and help (kept equal by a test).
+    Another experiment notebook changes some `defaults` and adds `extra` parameters (name -> (default, help))."""
     import inspect, re
+    bad = sorted(set(defaults or {}) - set(config_fields()))
+    if bad: raise ValueError(f"defaults for unknown fields {bad}: use names of config_fields()")
     from clvq_nb import pipeline as mod   # the exported module: its source is on disk
     helps = {}
     for cls in (*mod._PARTS.values(), mod.ExperimentConfig):
         for line in inspect.getsource(cls).splitlines():
             m = re.match(r"\s+(\w+): .*?#\s*(.*)$", line)
             if m: helps[m[1]] = m[2].replace("=", "is")   # papermill parses every line: no '=' in comments
-    return "\n".join(f"{k} = {v!r}" + (f"  # {helps[k]}" if k in helps else "") for k, v in config_fields().items())
+    helps.update({k: h for k, (_, h) in (extra or {}).items()})
+    values = {**config_fields(), **(defaults or {}), **{k: v for k, (v, _) in (extra or {}).items()}}
+    return "\n".join(f"{k} = {v!r}" + (f"  # {helps[k].replace('=', 'is')}" if k in helps else "") for k, v in values.items())

@@ -342,10 +342,12 @@ def _faithfulness_link(run, cfg: dict) -> str:
     import html
     done = sorted(q for q in run.part_dir("faithfulness").glob("*") if q.suffix in (".csv", ".html")) if run.part_dir("faithfulness").is_dir() else []
     if done: return " ".join(f"<a href='faithfulness/{p.name}'>{html.escape(p.name)}</a>" for p in done)
-    a = cfg.get("activations", {}); c = cfg.get("classifier", {}); d = cfg.get("data", {})
-    cmd = (f"papermill -k python3 nbs/experiments/faithfulness.ipynb {run.path / 'faithfulness' / 'faithfulness.ipynb'} "
-           f"-p dataset {d.get('dataset', 'movie')} -p model {c.get('model', 'default')} -p layer_in {a.get('layer_in')} "
-           f"-p layer_out {a.get('layer_out')}")
+    from clvq_nb.pipeline import config_fields
+    default = config_fields()
+    flat = {k: v for part in cfg.values() if isinstance(part, dict) for k, v in part.items()
+            if k in default and k not in ("protocol", "folds", "output_dir") and v != default[k]}
+    cmd = " ".join([f"papermill -k python3 nbs/experiments/faithfulness.ipynb {run.path / 'faithfulness' / 'faithfulness.ipynb'}",
+                    *(f"-p {k} {v}" for k, v in flat.items()), f"-p output_dir {run.path}"])
     return ("the concept-removal numbers above use one protocol; the authors' protocol beside a sound one, with controls "
             f"and causal tests: <code>{html.escape(cmd)}</code>")
 

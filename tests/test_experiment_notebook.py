@@ -148,3 +148,41 @@ def test_quiet_kernel_has_no_progress_bars(monkeypatch, capsys):
     assert not bar.disable and bar.mininterval == 10.0; list(bar); bar.close()
     err = capsys.readouterr().err
     assert "hidden" not in err and "shown" in err
+
+
+# ---------------------------------------------------------------- faithfulness.ipynb
+FAITH_NB = ROOT / "nbs" / "experiments" / "faithfulness.ipynb"
+
+
+def test_faithfulness_parameters_cell_is_generated_and_parsed():
+    from clvq_nb.faithfulness import NOTEBOOK_EXTRA, notebook_parameters_cell
+    # every line parsed by papermill (a '=' in a comment used to make `n_seeds` an "unknown parameter")
+    assert set(pm.inspect_notebook(str(FAITH_NB))) == set(config_fields()) | set(NOTEBOOK_EXTRA)
+    cell = next(c for c in nbformat.read(FAITH_NB, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == notebook_parameters_cell(), \
+        "regenerate faithfulness.ipynb's parameters cell from clvq_nb.faithfulness.notebook_parameters_cell()"
+
+
+def test_faithfulness_notebook_small_run(tmp_path, monkeypatch, tiny_model):
+    from clvq_nb.metrics import LEAK_FLAG
+    monkeypatch.setenv("CLVQ_HOME", str(tmp_path / "home"))
+    run_dir, out = tmp_path / "run", tmp_path / "out.ipynb"
+    pm.execute_notebook(str(FAITH_NB), str(out), kernel_name="python3", cwd=str(FAITH_NB.parent), progress_bar=False,
+                        parameters=dict(model=str(tiny_model), layer_in=2, layer_out=4, max_sentences=240, codebook_size=8,
+                                        methods="kmeans,clvqvae", train_steps=6, ig_steps=4, folds=2, protocol="both",
+                                        protocol_seeds=1, causal=True, ablation=False, output_dir=str(run_dir)))
+    removal = pd.read_csv(run_dir / "faithfulness" / "removal.csv")
+    assert sorted(zip(removal["protocol"], removal["method"])) == [("paper", "clvqvae"), ("paper", "kmeans"),
+                                                                   ("sound", "clvqvae"), ("sound", "kmeans")]
+    assert (removal.loc[removal["protocol"] == "paper", "protocol_flag"] == LEAK_FLAG).all()
+    assert removal.loc[removal["protocol"] == "sound", "protocol_flag"].isna().all()
+    for f in ("causal.csv", "splice.csv", "removal_seeds.csv", "report.json"): assert (run_dir / "faithfulness" / f).exists(), f
+    text = out.read_text()
+    assert "run time:" in text and "Traceback" not in text
+
+
+def test_faithfulness_notebook_refuses_a_typo(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLVQ_HOME", str(tmp_path / "home"))
+    with pytest.raises(pm.PapermillExecutionError, match="n_seeds"):
+        pm.execute_notebook(str(FAITH_NB), str(tmp_path / "out.ipynb"), kernel_name="python3", cwd=str(FAITH_NB.parent),
+                            progress_bar=False, parameters=dict(n_seeds=3))
