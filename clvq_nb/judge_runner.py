@@ -275,9 +275,10 @@ def judge_run(run_dir: str | Path, judges, *, style: str = "paper", membership: 
     from the environment variable `api_key_env`) over `n` sampled dev sentences and every saved method; returns the
     ranking table (its text summary in `.attrs['text']`)."""
     from clvq_nb.config import write_json
-    from clvq_nb.judge_backends import make_judges
+    from clvq_nb.judge_backends import judge_specs, make_judges
     judges = [judges] if isinstance(judges, (str, Path)) or hasattr(judges, "name") else list(judges)
-    specs = [str(j) for j in judges if isinstance(j, (str, Path))]
+    judges = list(dict.fromkeys(x for j in judges for x in (judge_specs(str(j)) if isinstance(j, (str, Path)) else [j])))  # 'local' = both
+    specs = [j for j in judges if isinstance(j, str)]
     made = iter(make_judges(specs, api_key_env=api_key_env) if specs else [])
     judges = [next(made) if isinstance(j, (str, Path)) else j for j in judges]
     if not judges: raise JudgeError("no judge given: pass at least one backend or spec such as 'local'")

@@ -288,3 +288,15 @@ def test_human_study_notebook_on_a_run(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"8 items in {run / 'human'}" in (tmp_path / "out.ipynb").read_text()
     assert json.loads((run / "human" / "study.json").read_text())["label_names"] == ["negative", "positive"]
+
+
+def test_local_spec_runs_every_offline_judge(tiny_run, tmp_path, monkeypatch):
+    # 'local' names both offline judges; judge_run once made both and asked only the first (one spec, one judge)
+    import clvq_nb.judge_backends as jb
+    run, _ = tiny_run
+    lm, tok = tiny_causal_lm(); lm.save_pretrained(tmp_path / "lm"); tok.save_pretrained(tmp_path / "lm")
+    monkeypatch.setattr(jb, "LOCAL_JUDGES", {"lm-a": lambda: tmp_path / "lm", "lm-b": lambda: tmp_path / "lm"})
+    t = judge_run(run, "local", n=6, out=tmp_path / "judge", progress=False, **SINGLE)
+    meta = json.loads((tmp_path / "judge" / "ranking.json").read_text())
+    assert meta["judges"] == ["hf:lm-a", "hf:lm-b"] and (t.n_judges == 2).all()
+    assert sorted(f.name for f in (tmp_path / "judge").glob("*.jsonl")) == ["hf_lm-a.jsonl", "hf_lm-b.jsonl"]
