@@ -149,8 +149,15 @@ def validity_text(v: pd.DataFrame) -> str:
     return "\n".join(out)
 
 # %% ../nbs/11c_agreement.ipynb #9ad388ee
+def _rank(t: pd.DataFrame, by: list[str]) -> pd.Series:
+    "Rank 1 = best per dataset × model on the columns `by` in order (later columns break ties; NaN last)."
+    k = t[by].astype(float).fillna(-np.inf).apply(tuple, axis=1)
+    return t.assign(_k=k).groupby(["dataset", "model"])["_k"].transform(lambda s: [1 + sum(o > x for o in s) for x in s]).astype(int)
+
 def ranking(df: pd.DataFrame, judges: Sequence[str] | None = None, validity: pd.DataFrame | None = None) -> pd.DataFrame:
-    "Per dataset × model: mean rating of each method (averaged over judges), pooled mean, rank, winner, and the validity flags."
+    """Per dataset × model: mean rating of each method (averaged over judges), pooled mean, rank, winner, and the validity
+    flags. Ties on the mean rating are broken by the mean expected rating of judges that score by probabilities (a small
+    local judge rates nearly everything 1 by argmax, while its expected ratings still differ)."""
     d = _methods_only(df).dropna(subset=["rating"])
     if judges is not None: d = d[d.judge.isin(judges)]
     for c in ("dataset", "model"):
@@ -159,18 +166,20 @@ def ranking(df: pd.DataFrame, judges: Sequence[str] | None = None, validity: pd.
     per_judge = d.groupby(["dataset", "model", "judge", "method"]).rating.mean().reset_index()
     t = per_judge.groupby(keys).rating.mean().rename("mean_rating").reset_index()
     t["pooled_mean"] = t.set_index(keys).index.map(d.groupby(keys).rating.mean()).to_numpy()
-    if "expected" in d and d["expected"].notna().any():
-        t["mean_expected"] = t.set_index(keys).index.map(d.groupby(keys).expected.mean()).to_numpy()
+    has_exp = "expected" in d and d["expected"].notna().any()
+    if has_exp: t["mean_expected"] = t.set_index(keys).index.map(d.groupby(keys).expected.mean()).to_numpy()
     t["n_judges"] = per_judge.groupby(keys).judge.nunique().to_numpy()
     flagged = sorted(validity[validity.cannot_discriminate].judge) if validity is not None and len(validity) else []
-    score = "mean_rating"
+    score, tie = "mean_rating", "mean_expected" if has_exp else None
     if validity is not None and len(validity):
-        ok = per_judge[~per_judge.judge.isin(flagged)]
-        t["mean_rating_valid"] = t.set_index(keys).index.map(ok.groupby(keys).rating.mean()).to_numpy(float)
+        ok = d[~d.judge.isin(flagged)]
+        t["mean_rating_valid"] = t.set_index(keys).index.map(ok.groupby(["dataset", "model", "judge", "method"]).rating.mean()
+                                                              .groupby(keys).mean()).to_numpy(float)
+        if has_exp: t["mean_expected_valid"] = t.set_index(keys).index.map(ok.groupby(keys).expected.mean()).to_numpy(float)
         t["cannot_discriminate"] = ", ".join(flagged)
         t["trusted"] = bool(len(ok))
-        if len(ok): score = "mean_rating_valid"
-    t["rank"] = t.groupby(["dataset", "model"])[score].rank(ascending=False, method="min").fillna(len(t)).astype(int)
+        if len(ok): score, tie = "mean_rating_valid", "mean_expected_valid" if has_exp else None
+    t["rank"] = _rank(t, [score] + ([tie] if tie else []))
     t["winner"] = t["rank"] == 1
     return t.sort_values(["dataset", "model", "rank", "method"]).reset_index(drop=True)
 
