@@ -567,10 +567,15 @@ class CLVQVAEMethod(ConceptMethod):
 
     def _vector(self, k): return self.model.concept_vectors()[k].detach().cpu().clone()
     def _state(self): return {}
-    def _save_extra(self, path): self.model.save_pretrained(path / "model")
+    sampled: np.ndarray | None = None   # set by fit: per training-cache row, the code last sampled in training (-1: none)
+    def _save_extra(self, path):
+        self.model.save_pretrained(path / "model")
+        if self.sampled is not None: np.save(path / "sampled_codes.npy", np.asarray(self.sampled, dtype=np.int32))
     def _load_state(self, t, path):
         from clvq_nb.clvqvae import CLVQVAE
         self.model = CLVQVAE.from_pretrained(path / "model").eval()
+        f = path / "sampled_codes.npy"
+        self.sampled = np.load(f, allow_pickle=False) if f.exists() else None
 
 # %% ../nbs/07_baselines.ipynb #c3c9925a
 @patch(cls_method=True)
@@ -596,6 +601,7 @@ def _fit(self: CLVQVAEMethod, cache, progress=True):
                         {"seed": c.seed, **c.train}, val_fraction=c.val_fraction, progress=progress,
                         save=False)  # out_dir None: nothing written unless asked
     self.model = res.model.eval().cpu()
+    self.sampled = res.sampled          # per cache row, the code last sampled in training (the authors' membership)
     self.info.update(n_sentences_train=res.n_train, n_sentences_val=res.n_val, history=res.history)
     self.counts = self._count_members(cache, rows)
 

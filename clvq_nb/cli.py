@@ -239,7 +239,7 @@ def cmd_judge(cfg: Exp, run_dir: Optional[str] = None,
         backend: one judge given the older way: 'local', an http(s):// base URL (with --model-name), or a causal-LM path
         model_name: model name at the endpoint of --backend URL
         style: 'paper' (one prompt per sentence, every method side by side, JSON ratings) or 'single' (one prompt per method)
-        membership: a concept's members: 'argmin' (nearest code after training) or 'sampled' (the training sampler's draw)
+        membership: a concept's members: 'argmin' (nearest code after training) or 'sampled' (each token's code as last sampled in training, the authors'; redrawn by the sampler for methods fitted before it was recorded)
         sampler: 'paper' (n//4 per TP/FP/TN/FN, refilled) or 'ours' (stratified by label and correctness)
         n: dev sentences to judge (the paper: 100)
         judge_seed: seed of the sentence sample (default: 42 for the paper's sampler, 0 for ours)

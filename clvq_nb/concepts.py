@@ -134,6 +134,7 @@ def summarise_concepts(token_concepts: np.ndarray, tokens: pd.DataFrame, offsets
     df["row"] = np.arange(len(df)); df["concept"] = np.asarray(token_concepts)
     df["sent"] = np.searchsorted(np.asarray(offsets), df["row"].to_numpy(), side="right") - 1
     mem = df[df["keep"].astype(bool)] if (only_kept and "keep" in df) else df
+    mem = mem[mem["concept"] >= 0]                       # -1: a row without a concept (e.g. never drawn in training)
     size = mem.groupby("concept").size()
     tag = mem.groupby("concept")["is_tag"].mean()
     ntypes = mem.groupby("concept")["word"].nunique()
@@ -168,12 +169,14 @@ def summarise_concepts(token_concepts: np.ndarray, tokens: pd.DataFrame, offsets
 # %% ../nbs/08_concepts.ipynb #2e0c6001
 def extract_concepts(method, cache, l_in: int, top_n: int = 20, n_examples: int = 5, only_kept: bool = True,
                      chunk_size: int = 16384, seed: int = 0, out_dir: str | Path | None = None,
-                     progress: bool = True) -> Concepts:
+                     progress: bool = True, token_concepts: np.ndarray | None = None) -> Concepts:
     """Assign every token of `cache` at layer `l_in` to a concept of `method` and summarise each concept.
 
     `top_n` member words and `n_examples` example sentences per concept; `only_kept` counts only rows the
-    frequency filter kept (the training tokens). Saved to `out_dir` (e.g. the model's folder) when given."""
-    tc = assign_tokens(method, cache, l_in, chunk_size, progress)
+    frequency filter kept (the training tokens). Saved to `out_dir` (e.g. the model's folder) when given.
+    `token_concepts` gives the assignment instead (one concept per cache row, -1 = none), e.g. a VQ method's codes as
+    last sampled in training (`method.sampled`, the authors' membership)."""
+    tc = assign_tokens(method, cache, l_in, chunk_size, progress) if token_concepts is None else np.asarray(token_concepts)
     toks = _token_frame(cache)
     K = int(method.n_concepts)
     n_lab = int(max(toks["label"].max(), toks["pred"].max() if "pred" in toks else 0)) + 1 if len(toks) else 0

@@ -204,9 +204,18 @@ def _run_concepts(run: Run, m: str, membership: str, cfg, progress: bool, train:
     from clvq_nb.baselines import load_method
     from clvq_nb.concepts import Concepts
     if membership == "argmin": return Concepts.load(run.method_dir(m))
-    out = run.part_dir("judge") / "membership-sampled" / m
-    if not (out / "concepts.json").exists() and not train: train.append(_train_cache(run))
-    return sampled_concepts(load_method(run.method_dir(m)), train[0] if train else None, cfg.layer_in, out, cfg.seed, progress)
+    method = load_method(run.method_dir(m))
+    codes = getattr(method, "sampled", None)   # recorded in training: the authors' membership, literally
+    out = run.part_dir("judge") / ("membership-last-sampled" if codes is not None else "membership-sampled") / m
+    if (out / "concepts.json").exists(): return Concepts.load(out)
+    if not train: train.append(_train_cache(run))
+    if codes is not None:
+        from clvq_nb.concepts import extract_concepts
+        if len(codes) != train[0].n_tokens:
+            raise JudgeError(f"{run.method_dir(m)}/sampled_codes.npy has {len(codes)} rows but the train cache has {train[0].n_tokens}: "
+                             "the method was fitted on another cache; refit it with `clvq compare`")
+        return extract_concepts(method, train[0], cfg.layer_in, seed=cfg.seed, out_dir=out, progress=progress, token_concepts=codes)
+    return sampled_concepts(method, train[0], cfg.layer_in, out, cfg.seed, progress)   # fitted before the record: redrawn
 
 def judge_inputs(run_dir: str | Path, methods: Sequence[str] | None = None, membership: str = "argmin", progress: bool = False,
                  with_meta: bool = False):

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from .activations import collate_sentences
+from .activations import SentencePairs, collate_sentences
 from .metrics import code_counts, dead_fraction, fvu_from_sums, fvu_sums, perplexity
 from .clvqvae import CLVQVAE, CLVQVAEConfig
 from .config import (ConfigMixin, atomic_path, atomic_write_text, clvq_home, get_device, read_json,
@@ -32,7 +32,7 @@ __all__ = ['RUNTIME_FIELDS', 'PROFILES', 'TrainConfig', 'profile', 'epoch_batche
 _AMP = ("auto", "bf16", "off")
 # fields that may change between a run and its resumption: they do not change the trajectory
 RUNTIME_FIELDS = ("epochs", "max_minutes", "max_steps", "out_dir", "resume", "device", "log_every",
-                  "ckpt_every", "num_workers", "restore_best")
+                  "ckpt_every", "num_workers", "restore_best", "record_sampled")
 
 @dataclass
 class TrainConfig(ConfigMixin):
@@ -60,6 +60,7 @@ class TrainConfig(ConfigMixin):
     num_workers: int = 0                # DataLoader workers
     group_by_length: bool = True        # batch sentences of similar length together (less padding, faster)
     restore_best: bool = True           # load the best validation weights into the model at the end
+    record_sampled: bool = True         # keep each training token's code as last sampled in training (the authors' concept membership)
 
     def __post_init__(self):
         def bad(name, why): raise ValueError(f"TrainConfig: {name}={getattr(self, name)!r} {why}")
@@ -209,6 +210,40 @@ class Trainer:
         self.out_dir = Path(self.cfg.out_dir) if self.cfg.out_dir else None
         self._best: dict | None = None
         self.stop_reason: str | None = None
+        self._rec = _sampled_slots(train_ds, model.cfg.codebook_size) if self.cfg.record_sampled else None
+        self.sampled: np.ndarray | None = None   # after fit(): per cache row, the last sampled code (see below)
+
+# %% ../nbs/06_trainer.ipynb #e7165728
+def _sampled_slots(ds, K: int) -> dict | None:
+    "Recording state for `ds` = a (Subset of a) `SentencePairs`: each item's sentence, the offsets, one key per cache row."
+    idx = None
+    while isinstance(ds, Subset):
+        idx = np.asarray(ds.indices) if idx is None else np.asarray(ds.indices)[idx]; ds = ds.dataset
+    if not isinstance(ds, SentencePairs): return None            # other datasets (synthetic pairs) are not recorded
+    sents = ds.sentences if idx is None else ds.sentences[idx]
+    return {"sents": np.asarray(sents), "offsets": np.asarray(ds.offsets), "K1": K + 1,
+            "keys": torch.full((int(ds.offsets[-1]),), -1, dtype=torch.int64)}
+
+def _record_sampled(self: Trainer, items, indices: torch.Tensor, step: int) -> None:
+    "Store the codes drawn for the sentences `items` of this rank's batch (rows of `indices`, padding ignored)."
+    r = self._rec; idx = indices.detach().cpu()
+    for j, i in enumerate(items):
+        s = int(r["sents"][i]); a, b = int(r["offsets"][s]), int(r["offsets"][s + 1])
+        r["keys"][a:b] = step * r["K1"] + idx[j, :b - a] + 1
+
+def _merged_keys(self: Trainer) -> torch.Tensor:
+    "The recorded keys merged over the ranks (every rank calls this under DDP)."
+    keys = self._rec["keys"].clone()
+    if self.world > 1:
+        k = keys.to(self.device); dist.all_reduce(k, op=dist.ReduceOp.MAX); keys = k.cpu()
+    return keys
+
+@patch
+def sampled_codes(self: Trainer) -> np.ndarray | None:
+    "Per cache row, the code last sampled for it in training (-1: never trained on); None when not recorded."
+    if self._rec is None: return None
+    keys = _merged_keys(self)
+    return torch.where(keys >= 0, keys % self._rec["K1"] - 1, -1).numpy().astype(np.int32)
 
 # %% ../nbs/06_trainer.ipynb #97c4dd6e
 @patch(as_prop=True)
@@ -232,10 +267,12 @@ def _gather_rng(self: Trainer) -> list:
 def save(self: Trainer) -> Path | None:
     "Write the checkpoint (rank 0; every rank joins the RNG gather)."
     rngs = _gather_rng(self)
+    keys = _merged_keys(self) if self._rec is not None else None
     if not (self.is_main and self.out_dir): return None
     ckpt = {"format": 1, "model": self.raw.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "rng": rngs, "state": vars(self.state).copy(),
             "versions": versions(), **_ckpt_meta(self)}
+    if keys is not None: ckpt["sampled_keys"] = keys
     return save_checkpoint(self.ckpt_path, ckpt)
 
 # %% ../nbs/06_trainer.ipynb #b889f342
@@ -270,6 +307,8 @@ def resume(self: Trainer) -> bool:
     rngs = ck["rng"]; set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
     if len(rngs) != self.world: _own_rng(self)   # resumed with another number of processes: ranks must not share rank 0's stream
     self.state = _State(**ck["state"])
+    if self._rec is not None and "sampled_keys" in ck and len(ck["sampled_keys"]) == len(self._rec["keys"]):
+        self._rec["keys"] = ck["sampled_keys"].clone()
     best = self.out_dir / "best" / "model.safetensors"
     if best.exists():
         from safetensors.torch import load_file
@@ -468,6 +507,7 @@ def fit(self: Trainer) -> list[dict]:
         for x, y, mask in _loader(self.train_ds, batches[st.step_in_epoch:], self.collate_fn, c.num_workers):
             _check_finite(x, y, f"training batch {st.step_in_epoch} of epoch {st.epoch} (global step {st.global_step})")
             out = _train_step(self, x.to(self.device), y.to(self.device), mask.to(self.device))
+            if self._rec is not None: _record_sampled(self, batches[st.step_in_epoch], out.indices, st.global_step + 1)
             st.step_in_epoch += 1; st.global_step += 1
             st.loss_sum += out.loss.item(); st.loss_n += 1
             u = self.raw.quantizer.usage_stats()
@@ -496,6 +536,9 @@ def fit(self: Trainer) -> list[dict]:
     if c.restore_best and self._best is not None: self.raw.load_state_dict(self._best)
     if self.world > 1: _check_ranks_agree(self)
     if self.is_main and self.out_dir: self.raw.save_pretrained(self.out_dir / "model")  # the last weights if no epoch was validated yet
+    self.sampled = self.sampled_codes()                 # every rank joins the merge
+    if self.sampled is not None and self.is_main and self.out_dir:
+        with atomic_path(self.out_dir / "sampled_codes.npy") as tmp, open(tmp, "wb") as f: np.save(f, self.sampled)
     return self.history
 
 # %% ../nbs/06_trainer.ipynb #74271a15
@@ -527,6 +570,7 @@ class TrainResult:
     n_val: int = 0
     stop_reason: Optional[str] = None
     steps: int = 0            # optimizer steps taken in total (also those of earlier, resumed calls)
+    sampled: Optional[np.ndarray] = None   # per cache row, the code last sampled in training (-1: not trained on)
 
 # %% ../nbs/06_trainer.ipynb #41325ccc
 def split_sentences(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -563,4 +607,4 @@ def train_clvqvae(cache, l_in: int, l_out: int, model_cfg: CLVQVAEConfig | dict 
     history = trainer.fit()
     val = trainer.evaluate() if val_ds is not None else {}
     return TrainResult(model.eval(), history, val, tcfg.out_dir and Path(tcfg.out_dir), len(train_ds), len(va_ids), trainer.stop_reason,
-                       trainer.state.global_step)
+                       trainer.state.global_step, trainer.sampled)

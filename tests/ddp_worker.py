@@ -21,9 +21,12 @@ the same sentences as one process would).
 import os, sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 torch.set_num_threads(1)
+
+from clvq_nb.activations import SentencePairs
 
 from clvq_nb.clvqvae import CLVQVAE, CLVQVAEConfig
 from clvq_nb.trainer import SyntheticPairs, TrainConfig, Trainer
@@ -31,8 +34,10 @@ from clvq_nb.trainer import SyntheticPairs, TrainConfig, Trainer
 N_TRAIN, N_VAL = 48, 12
 
 
-def build(seed: int = 0) -> tuple[CLVQVAE, SyntheticPairs, SyntheticPairs]:
-    data = SyntheticPairs(N_TRAIN + N_VAL, d_in=16, d_out=8, min_len=2, max_len=9, seed=seed)
+def build(seed: int = 0):
+    syn = SyntheticPairs(N_TRAIN + N_VAL, d_in=16, d_out=8, min_len=2, max_len=9, seed=seed)
+    xs, ys = zip(*(syn[i] for i in range(len(syn))))     # as one cache's rows: the trainer records each row's code
+    data = SentencePairs(torch.cat(xs), torch.cat(ys), np.concatenate([[0], np.cumsum([len(a) for a in xs])]))
     train = torch.utils.data.Subset(data, range(N_TRAIN))
     val = torch.utils.data.Subset(data, range(N_TRAIN, N_TRAIN + N_VAL))
     torch.manual_seed(seed)
@@ -48,7 +53,8 @@ def run(out_dir: str, batch_size: int, init: str = "sample") -> dict:
     trainer = Trainer(model, cfg, train, val, progress=False)
     trainer.fit()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    torch.save({"state": state, "history": trainer.history, "world": trainer.world, "rank": trainer.rank},
+    torch.save({"state": state, "history": trainer.history, "world": trainer.world, "rank": trainer.rank,
+                "sampled": torch.as_tensor(trainer.sampled)},
                Path(out_dir) / f"state_rank{trainer.rank}.pt")
     return state
 

@@ -75,3 +75,12 @@ def test_checkpoint_written_once(runs):
     ck = torch.load(out / "ddp" / "run" / "checkpoint.pt", weights_only=True)
     assert len(ck["rng"]) == 2  # RNG states of both ranks, for an exact resume
     assert ck["state"]["finished"] and ck["state"]["epoch"] == 2
+
+
+def test_sampled_codes_equal_one_process(runs):
+    # top_k=1: the "sampled" code is the argmin, so the ranks' merged record must equal one process's, row for row
+    ranks, single, out = runs
+    one = torch.load(out / "single" / "state_rank0.pt", weights_only=False)["sampled"]
+    n_train_rows = int((one >= 0).sum())
+    assert n_train_rows > 0 and (one[n_train_rows:] == -1).all()        # the held-out sentences come last
+    for r in ranks: assert torch.equal(r["sampled"], one)

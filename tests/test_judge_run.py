@@ -300,3 +300,21 @@ def test_local_spec_runs_every_offline_judge(tiny_run, tmp_path, monkeypatch):
     meta = json.loads((tmp_path / "judge" / "ranking.json").read_text())
     assert meta["judges"] == ["hf:lm-a", "hf:lm-b"] and (t.n_judges == 2).all()
     assert sorted(f.name for f in (tmp_path / "judge").glob("*.jsonl")) == ["hf_lm-a.jsonl", "hf_lm-b.jsonl"]
+
+
+def test_clvqvae_keeps_last_sampled_codes(tiny_run, tmp_path):
+    "The authors' membership: each training token's code as last sampled in training, saved with the method, -> concepts."
+    from clvq_nb.baselines import fit_rows, get_method, load_method
+    from clvq_nb.concepts import extract_concepts
+    run, p = tiny_run
+    m = get_method("clvqvae", codebook_size=8, seed=0, model=dict(n_layers=1, n_heads=2, d_ff=16, top_k=3),
+                   train=dict(max_steps=4, batch_size=16))
+    m.fit(p.train_cache, 2, 4, progress=False)
+    codes = m.sampled
+    assert len(codes) == p.train_cache.n_tokens and codes.min() >= -1 and codes.max() < 8 and (codes >= 0).any()
+    m.save(tmp_path / "m"); back = load_method(tmp_path / "m")
+    assert np.array_equal(back.sampled, codes)
+    c = extract_concepts(back, p.train_cache, 2, token_concepts=back.sampled, progress=False)
+    kept = np.zeros(len(codes), bool); kept[fit_rows(p.train_cache)] = True
+    want = np.bincount(codes[kept & (codes >= 0)], minlength=8)
+    assert [x["size"] for x in c.concepts] == want.tolist()

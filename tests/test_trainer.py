@@ -266,3 +266,31 @@ def test_evaluate_model_agrees_with_pipeline_dev_metrics():
     ours = evaluate_model(m, Subset(DATA, range(64)))
     assert theirs["active_codes"] == ours["active_codes"] and theirs["dead_fraction"] == pytest.approx(ours["dead_fraction"])
     assert theirs["fvu"] == pytest.approx(ours["fvu"], rel=1e-5) and theirs["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
+
+
+# ---------------------------------------------------------------- the authors' membership: last sampled code per token
+def _sentence_data():
+    import numpy as np
+    from clvq_nb.activations import SentencePairs
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(2, 9, (48,), generator=g).numpy()
+    offs = np.concatenate([[0], np.cumsum(lengths)])
+    x = torch.randn(int(offs[-1]), 16, generator=g)
+    sp = SentencePairs(x, torch.tanh(x[:, :8] * 2), offs)
+    return Subset(sp, range(40)), Subset(sp, range(40, 48)), offs     # 5 steps per epoch at batch 8
+
+
+@pytest.mark.parametrize("crash", [4, 7])       # inside epoch 0 / inside epoch 1: the record must continue exactly
+def test_sampled_codes_resume_exactly(tmp_path, crash):
+    tr, va, offs = _sentence_data()
+    kw = dict(batch_size=8, epochs=3, ckpt_every=1, train=tr, val=va)
+    full = trainer(tmp_path / "full", **kw); full.fit()
+    codes = full.sampled
+    assert codes.shape == (offs[-1],) and (codes[offs[40]:] == -1).all()        # held-out sentences: never drawn
+    assert (codes[:offs[40]] >= 0).all() and (codes < 12).all()
+    assert (full.out_dir / "sampled_codes.npy").exists()
+    import numpy as np
+    assert np.array_equal(np.load(full.out_dir / "sampled_codes.npy"), codes)
+    with pytest.raises(RuntimeError, match="simulated crash"): trainer(tmp_path / "r", on_step=crash_at(crash), **kw).fit()
+    resumed = trainer(tmp_path / "r", seed=99, **kw); resumed.fit()
+    assert np.array_equal(resumed.sampled, codes)
