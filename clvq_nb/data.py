@@ -20,7 +20,7 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['DATASETS', 'FILE_TYPES', 'TEXT_COLUMNS', 'LABEL_COLUMNS', 'HYGIENE_KEYS', 'MAX_WORDS', 'StandInWarning',
-           'DatasetSpec', 'split_sentences', 'DataEncodingError', 'read_file', 'balanced_subsample', 'stratified_split',
+           'DatasetSpec', 'split_review', 'DataEncodingError', 'read_file', 'balanced_subsample', 'stratified_split',
            'is_offline', 'load_data', 'is_stand_in', 'data_fingerprint', 'data_summary', 'word_tokenize',
            'frequency_filter']
 
@@ -89,7 +89,7 @@ def _read_bbc() -> pd.DataFrame:
 # %% ../nbs/01_data.ipynb #9b7562b3
 _SENT_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'(]*[A-Z0-9])")
 
-def split_sentences(review: str, max_words: int = 300, min_words: int = 3) -> list[str]:
+def split_review(review: str, max_words: int = 300, min_words: int = 3) -> list[str]:
     "A review's sentences: HTML line breaks removed, split after . ! ? before a capital or digit, capped at `max_words`."
     s = " ".join(re.sub(r"<br\s*/?>", " ", review).split())
     out = (" ".join(p.split()[:max_words]) for p in _SENT_END.split(s))
@@ -98,7 +98,7 @@ def split_sentences(review: str, max_words: int = 300, min_words: int = 3) -> li
 def _reviews_to_sentences(texts, labels, sources=None, max_words: int = 300) -> pd.DataFrame:
     rows = [(sent, int(y)) for i, (t, y) in enumerate(zip(texts, labels))
             for sent in ([" ".join(str(t).split()[:max_words])] if sources is not None and sources[i] != "imdb"
-                         else split_sentences(str(t), max_words))]
+                         else split_review(str(t), max_words))]
     return pd.DataFrame(rows, columns=["text", "label"])
 
 def _read_movie_reviews() -> pd.DataFrame:
