@@ -9,9 +9,16 @@ Also the per-item CPU cost of `build_prompt` + `parse_rating` alone (no network)
 
     python bench/judge.py [--n 400] [--repeats 3]
     python bench/judge.py --local gemma3-270m,qwen2.5-coder-0.5b [--items 3]   # offline judges: fp32 vs bf16
+    python bench/judge.py --reuse qwen2.5-coder-0.5b [--items 4]               # offline judge: cross-prompt KV reuse
 
 With `--local`, each offline judge is loaded in fp32 and in bf16 and rates the same `paper`-style prompt
 (demo sentence, two methods) `--items` times; prints load time and seconds per prompt for each dtype.
+
+With `--reuse`, each offline judge rates, in the runner's order, the `paper`-style prompts of `--items` demo sentences
+(each sentence's real prompt, then its planted-controls prompt, as `run_judge` sends them) twice: as `HFJudge.score`
+does (the previous prompt's KV cache cut back to the tokens both share) and, as the peer, the same judge with that
+cache dropped before every prompt (the full prompt each time, what `score` did before). Same prompts, same model,
+same probabilities (checked); prints seconds per prompt and the ratio peer/ours.
 
 Prints requests/s for each and the ratio ours/peer (1.0 = no overhead over a bare client). Loops are
 bounded (n requests, a few repeats); the server stops by itself at the end.
@@ -76,13 +83,50 @@ def bench_local(names: str, items: int) -> None:
             del j
 
 
+def bench_reuse(names: str, items: int, repeats: int) -> None:
+    from clvq_nb.judge_backends import HFJudge
+    from clvq_nb.judge_prompts import PAPER_GUIDANCE, PAPER_MEANINGS, answer_prefixes
+    from clvq_nb.judge_runner import _prompts, plant_controls
+    sents, concepts, labels = demo_inputs()
+    prompts = []
+    for s in sents[:items]:
+        real = {m: concepts[m].get(k) for m, (_, k) in s.salient.items()}
+        ctl = plant_controls(s, concepts["clvq-vae"], "clvq-vae", labels)
+        for g in (real, ctl):
+            prompts += [(p, list(shown)) for p, shown in _prompts("paper", s, g, list(g), labels, PAPER_MEANINGS["movie"],
+                                                                  PAPER_GUIDANCE["movie"], 0)]
+    for name in names.split(","):
+        j = HFJudge(name)
+        def run(drop: bool):
+            j._kv = None
+            t, out, reused = time.perf_counter(), [], 0
+            for p, shown in prompts:
+                if drop: j._kv = None
+                out.append(j.score(p, answer_prefixes("paper", shown))); reused += j.reused_tokens
+            return (time.perf_counter() - t) / len(prompts), out, reused
+        run(False)                                                   # warm up
+        ours = peer = float("inf")
+        for _ in range(repeats):                                     # interleaved, best of each
+            t, a, reused = run(False); ours = min(ours, t)
+            t, b, _ = run(True); peer = min(peer, t)
+        diff = max(abs(x - y) for pa, pb in zip(a, b) for ra, rb in zip(pa, pb) for x, y in zip(ra, rb))
+        n_tok = sum(len(j.tokenizer(j._chat(p))["input_ids"]) for p, _ in prompts)
+        print(f"{name}: {len(prompts)} prompts, {n_tok} tokens, {reused} of them reused from the previous prompt's cache")
+        print(f"  peer  full prompt every time     : {peer:6.2f} s/prompt")
+        print(f"  ours  previous cache cut + reused : {ours:6.2f} s/prompt")
+        print(f"  ratio peer/ours                  : {peer / ours:6.2f}   (max |p difference| {diff:.1e})")
+        del j
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400, help="requests per measurement")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many measurements")
     ap.add_argument("--local", help="comma-separated offline judges to time in fp32 and bf16 (instead of the HTTP bench)")
-    ap.add_argument("--items", type=int, default=3, help="prompts per local judge and dtype")
+    ap.add_argument("--reuse", help="comma-separated offline judges to time with and without cross-prompt KV reuse")
+    ap.add_argument("--items", type=int, default=3, help="prompts per local judge and dtype (--local), sentences (--reuse)")
     a = ap.parse_args()
+    if a.reuse: return bench_reuse(a.reuse, a.items, a.repeats)
     if a.local: return bench_local(a.local, a.items)
     os.environ["CLVQ_BENCH_KEY"] = "bench-not-a-real-key"
     sents, concepts, names = demo_inputs()

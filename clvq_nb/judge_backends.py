@@ -175,15 +175,40 @@ def score(self: HFJudge, prompt: str, prefixes: Sequence[str]) -> list[list[floa
     arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"   # renamed in transformers 5
     out = []
     with torch.no_grad():
-        cache = None
-        if n:
-            o = self.model(input_ids=torch.tensor([ids[0][:n]], device=dev), use_cache=True)
-            cache = o["cache"] if "cache" in o else o["past_key_values"]
+        cache = self._prefix_cache(ids[0][:n], dev, arg) if n else None
         for tok_ids, choice in zip(ids, (c for _, c in items)):
             kw = {arg: copy.deepcopy(cache), "use_cache": True} if cache is not None else {}
             logits = self.model(input_ids=torch.tensor([tok_ids[n:]], device=dev), **kw).logits
             out.append([round(float(p), 6) for p in torch.softmax(logits[0, -1, choice].float(), -1)])
     return out
+
+# %% ../nbs/11b_backends.ipynb #c0300e0e
+def _full_layers(cache) -> list | None:
+    "The layers of a KV cache when every one is a plain full-attention layer (safe to cut back to a prefix), else None."
+    layers = getattr(cache, "layers", None)
+    return layers if layers and all(type(l).__name__ == "DynamicLayer" for l in layers) else None
+
+@patch
+def _prefix_cache(self: HFJudge, prefix: list[int], dev, arg: str) -> Any:
+    """KV cache after the token ids `prefix`. Consecutive prompts share long openings (the same sentence's real and
+    control prompts differ only in their concepts), so the previous call's cache is cut back to the tokens both share
+    and only the rest is run. Only full-attention caches are cut (a sliding-window layer has dropped what it would need)."""
+    import torch
+    prev_ids, prev = getattr(self, "_kv", None) or ((), None)   # `_kv = None` drops it
+    c = 0
+    if prev is not None and _full_layers(prev):
+        while c < min(len(prev_ids), len(prefix)) - 1 and prev_ids[c] == prefix[c]: c += 1
+    if c >= 8:
+        cache = copy.deepcopy(prev)
+        for l in _full_layers(cache): l.keys, l.values = l.keys[..., :c, :], l.values[..., :c, :]
+        o = self.model(input_ids=torch.tensor([prefix[c:]], device=dev), use_cache=True,
+                       **{arg: cache})
+    else:
+        o = self.model(input_ids=torch.tensor([prefix], device=dev), use_cache=True)
+    cache = o["cache"] if "cache" in o else o["past_key_values"]
+    self._kv, self.reused_tokens = (list(prefix), cache), c
+    return cache
+
 
 # %% ../nbs/11b_backends.ipynb #d89a7ab7
 @patch
