@@ -24,7 +24,7 @@ def insert_after(path, anchor: str, cells) -> None:
         kind, src = ("code", c) if isinstance(c, str) else c
         cell = {"cell_type": kind, "id": uuid.uuid4().hex[:8], "metadata": {}, "source": src}
         if kind == "code": cell.update(execution_count=None, outputs=[])
-        new.append(cell)
+        new.append(dict(sorted(cell.items())))           # nbdev_clean's key order, so the clean check passes
     nb["cells"][hits[0] + 1:hits[0] + 1] = new
     p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
