@@ -640,7 +640,8 @@ def parameters_cell(defaults: dict | None = None, extra: dict | None = None) -> 
     for cls in (*mod._PARTS.values(), mod.ExperimentConfig):
         for line in inspect.getsource(cls).splitlines():
             m = re.match(r"\s+(\w+): .*?#\s*(.*)$", line)
-            if m: helps[m[1]] = m[2].replace("=", "is")   # papermill parses every line: no '=' in comments
+            if m: helps[m[1]] = m[2]
     helps.update({k: h for k, (_, h) in (extra or {}).items()})
     values = {**config_fields(), **(defaults or {}), **{k: v for k, (v, _) in (extra or {}).items()}}
-    return "\n".join(f"{k} = {v!r}" + (f"  # {helps[k].replace('=', 'is')}" if k in helps else "") for k, v in values.items())
+    no_eq = lambda h: h.replace(">=", "≥").replace("<=", "≤").replace("!=", "≠").replace("=", "is")  # papermill parses every line: no '=' in comments
+    return "\n".join(f"{k} = {v!r}" + (f"  # {no_eq(helps[k])}" if k in helps else "") for k, v in values.items())
