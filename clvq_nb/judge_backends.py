@@ -198,11 +198,10 @@ def _prefix_cache(self: HFJudge, prefix: list[int], dev, arg: str) -> Any:
     c = 0
     if prev is not None and _full_layers(prev):
         while c < min(len(prev_ids), len(prefix)) - 1 and prev_ids[c] == prefix[c]: c += 1
-    if c >= 8:
-        cache = copy.deepcopy(prev)
-        for l in _full_layers(cache): l.keys, l.values = l.keys[..., :c, :], l.values[..., :c, :]
-        o = self.model(input_ids=torch.tensor([prefix[c:]], device=dev), use_cache=True,
-                       **{arg: cache})
+    self._kv = None                                      # the old cache is cut in place below: never keep it half-cut
+    if c >= 8:                                           # `score` only runs copies of a returned cache: cutting it is safe
+        for l in prev.layers: l.keys, l.values = l.keys[..., :c, :], l.values[..., :c, :]
+        o = self.model(input_ids=torch.tensor([prefix[c:]], device=dev), use_cache=True, **{arg: prev})
     else:
         o = self.model(input_ids=torch.tensor([prefix], device=dev), use_cache=True)
     cache = o["cache"] if "cache" in o else o["past_key_values"]
