@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import tyro
 
-from .config import ClvqError, atomic_write_text, fault_point
+from .config import ClvqError, atomic_write_text, fault_point, leave_process_group
 from .pipeline import ExperimentConfig
 from .runs import Run
 
@@ -293,9 +293,12 @@ def _is_user_error(ename: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `clvq` console script: user errors as one line (exit 2), tracebacks with --debug."
     argv = sys.argv[1:] if argv is None else list(argv)
+    ok = False
     try:
-        return tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="clvq",
-                                                    description="Cross-layer VQ-VAE concept discovery (CLVQ-VAE) for transformer classifiers.")
+        rc = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="clvq",
+                                                  description="Cross-layer VQ-VAE concept discovery (CLVQ-VAE) for transformer classifiers.")
+        ok = True
+        return rc
     except (*USER_ERRORS, *_kernel_errors()) as e:   # ClvqError is a ValueError; older modules raise ValueError
         if "--debug" in argv: raise
         cmd = next((a for a in argv if a in COMMANDS), "")
@@ -304,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clvq {cmd}: error: {msg}", file=sys.stderr)
         return 2
     finally:
-        d = sys.modules.get("torch.distributed")   # a torchrun job: leave the process group cleanly (never imports torch here)
-        if d is not None and d.is_available() and d.is_initialized(): d.destroy_process_group()
+        leave_process_group(ok)   # a torchrun job: every rank that finished waits for the others, then leaves
 
 if __name__ == "__main__" and "get_ipython" not in globals():   # `python -m clvq_nb.cli` (and torchrun -m), not a notebook
     sys.exit(main())

@@ -15,8 +15,8 @@ import torch
 # %% auto #0
 __all__ = ['clvq_home', 'package_dir', 'get_device', 'seed_everything', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'write_json', 'read_json', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError', 'join_parts',
-           'git_commit', 'environment', 'text_progress', 'fault_point', 'ConfigMixin', 'reset_peak_memory', 'rss_mb',
-           'release_memory', 'lean_allocators', 'peak_memory_mb', 'track_memory']
+           'git_commit', 'environment', 'text_progress', 'fault_point', 'leave_process_group', 'ConfigMixin',
+           'reset_peak_memory', 'rss_mb', 'release_memory', 'lean_allocators', 'peak_memory_mb', 'track_memory']
 
 # %% ../nbs/00_config.ipynb #af990963
 def clvq_home() -> Path:
@@ -207,6 +207,17 @@ def fault_point(stage: str, step: int = 0) -> None:
         import signal, sys
         print(f"[fault] CLVQ_FAULT={want}: killing the process", flush=True); sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+def leave_process_group(ok: bool = True) -> None:
+    """Close the torch.distributed process group, if one is open. When this rank got here without an error (`ok`), it
+    first waits for the others: a gloo rank that closes its connections while another still finishes its last
+    collective can abort that one (CI once saw rank 1 die with "terminate called without an active exception" at the end
+    of a 2-process run). After an error there is no barrier: it could wait forever for a rank that already left."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return
+    try:
+        if ok and dist.get_world_size() > 1: dist.barrier()
+    finally: dist.destroy_process_group()
 
 # %% ../nbs/00_config.ipynb #5f11c859
 class ConfigMixin:

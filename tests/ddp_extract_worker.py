@@ -13,6 +13,7 @@ import torch
 torch.set_num_threads(1)
 
 from clvq_nb.activations import extract_activations_ddp, words_of
+from clvq_nb.config import leave_process_group
 from clvq_nb.models import PromptClassifier, tiny_bert, tiny_llama
 
 TEXTS = ["A good movie.", "Unbelievably dull plot!", "The acting is great, the story is not.", "Bad.",
@@ -41,5 +42,4 @@ def run(out_dir: str, kind: str):
 if __name__ == "__main__":
     out, kind = sys.argv[1], sys.argv[2]
     run(out, kind)             # under torchrun, extract_activations_ddp initialises the process group itself
-    import torch.distributed as dist
-    if dist.is_initialized(): dist.destroy_process_group()
+    leave_process_group()       # every rank waits for the others before it closes its connections

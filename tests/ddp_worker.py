@@ -29,6 +29,7 @@ torch.set_num_threads(1)
 from clvq_nb.activations import SentencePairs
 
 from clvq_nb.clvqvae import CLVQVAE, CLVQVAEConfig
+from clvq_nb.config import leave_process_group
 from clvq_nb.trainer import SyntheticPairs, TrainConfig, Trainer
 
 N_TRAIN, N_VAL = 48, 12
@@ -61,4 +62,4 @@ def run(out_dir: str, batch_size: int, init: str = "sample") -> dict:
 
 if __name__ == "__main__":
     run(sys.argv[1], int(sys.argv[2]), sys.argv[3])
-    if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+    leave_process_group()       # every rank waits for the others before it closes its connections

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from clvq_nb.config import leave_process_group
 from clvq_nb.quantizer import VectorQuantizer, VQOutput, init_centroids
 
 D, K, N_PER_RANK, STEPS, WORLD = 8, 16, 48, 5, 2
@@ -101,6 +102,7 @@ def _run(vq, batches):
 def _worker(rank, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    ok = False
     try:
         sl = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
         batches = [b[sl] for b in _data()]
@@ -113,8 +115,9 @@ def _worker(rank, port, out_dir):
         _run(vq2, batches)
         torch.save({"state": vq.state_dict(), "idx": idx, "state2": vq2.state_dict(),
                     "restarts2": vq2.usage_stats()["restarts"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+        ok = True
     finally:
-        dist.destroy_process_group()
+        leave_process_group(ok)   # a barrier first when this rank finished, then close
 
 
 def _free_port():
