@@ -565,7 +565,7 @@ class CLVQVAEMethod(ConceptMethod):
         self._check_pair(l_in, l_in if l_out is None else l_out)
         return super().fit(cache, l_in, l_out, progress)
 
-    def _vector(self, k): return self.model.concept_vectors()[k].detach().cpu().clone()
+    def _vector(self, k): return (self.model.concept_vectors()[k] / self.model.encoder.scale).detach().cpu().clone()  # layer l_in's units
     def _state(self): return {}
     sampled: np.ndarray | None = None   # set by fit: per training-cache row, the code last sampled in training (-1: none)
     def _save_extra(self, path):

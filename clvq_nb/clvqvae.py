@@ -48,6 +48,8 @@ class CLVQVAEConfig(ConfigMixin):
     init: str = "spherical_kmeans++"  # codebook init: 'spherical_kmeans++', 'kmeans++' or 'random'
     dead_code_threshold: float = 0.0  # restart codes whose EMA count falls below this (0 = off, as the paper)
     kmeans_iters: int = 10            # k-means iterations of the codebook init
+    normalize: bool = True            # scale x and y to E‖x‖² = width, fixed from training tokens by the Trainer (as SAELens
+                                      # does for SAEs); False: raw activations (the authors' code)
     layer_in: Optional[int] = None    # metadata: the input layer
     layer_out: Optional[int] = None   # metadata: the target layer
 
@@ -75,11 +77,13 @@ class CLVQVAEConfig(ConfigMixin):
 
 # %% ../nbs/05_clvqvae.ipynb #390114c4
 class AdaptiveResidualEncoder(nn.Module):
-    "`z = (1-m)·x + m·LayerNorm(W x + b)`, `m = 0.5·sigmoid(α)`; `W` starts at the identity, `b` at 0."
+    """`z = (1-m)·x' + m·LayerNorm(W x' + b)`, `x' = s·x`, `m = 0.5·sigmoid(α)`; `W` starts at the identity, `b` at 0.
+    `s` (buffer `scale`, 1 until set) is a fixed input scale: the codebook lives in the space of `z`."""
     def __init__(self, d: int, alpha_init: float = 0.2):
         super().__init__()
         self.linear, self.norm = nn.Linear(d, d), nn.LayerNorm(d)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        self.register_buffer("scale", torch.ones(()))
         nn.init.eye_(self.linear.weight); nn.init.zeros_(self.linear.bias)
 
     @property
@@ -89,7 +93,7 @@ class AdaptiveResidualEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "x: [..., d] -> z: [..., d]"
-        m = self.mix
+        m, x = self.mix, x * self.scale.to(x.dtype)
         return (1 - m) * x + m * self.norm(self.linear(x))
 
 # %% ../nbs/05_clvqvae.ipynb #2ef5f9f0
@@ -126,6 +130,7 @@ class CLVQVAE(nn.Module):
         layer = nn.TransformerDecoderLayer(cfg.d_in, cfg.n_heads, cfg.d_ff, cfg.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.n_layers)
         self.proj = nn.Linear(cfg.d_in, cfg.d_out)
+        self.register_buffer("out_scale", torch.ones(()))   # the decoder predicts y·out_scale; recon is in y's units
 
 # %% ../nbs/05_clvqvae.ipynb #ee7ca716
 @patch
@@ -155,7 +160,7 @@ def forward(self: CLVQVAE, x: torch.Tensor, mask: torch.Tensor | None = None, y:
     indices[mask] = vq.indices
     memory = quantized if self.cfg.memory == "quantized" else z
     h = self.decoder(quantized, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=pad)
-    recon = self.proj(h).masked_fill(pad.unsqueeze(-1), 0.)
+    recon = (self.proj(h) / self.out_scale.to(h.dtype)).masked_fill(pad.unsqueeze(-1), 0.)
     out = CLVQOutput(recon=recon, indices=indices, z=z, quantized=quantized, commit_loss=vq.commit_loss,
                      perplexity=vq.perplexity, restarts=int(getattr(vq, "restarts", 0) or 0))
     if y is not None: self.loss_fn(out, y, mask)
@@ -164,12 +169,13 @@ def forward(self: CLVQVAE, x: torch.Tensor, mask: torch.Tensor | None = None, y:
 # %% ../nbs/05_clvqvae.ipynb #852ba6d2
 @patch
 def loss_fn(self: CLVQVAE, out: CLVQOutput, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    "Fill and return `out.loss = masked MSE(out.recon, y) + beta * out.commit_loss`. y: [B, T, d_out]."
+    """Fill and return `out.loss = masked MSE(out.recon, y) + beta * out.commit_loss`. y: [B, T, d_out]. Both terms are in
+    the scaled units (`out_scale`, `encoder.scale`), so neither swamps the other whatever the model's activation norms."""
     if y.shape[:2] != out.recon.shape[:2] or y.shape[-1] != self.cfg.d_out:
         raise ValueError(f"targets y have shape {tuple(y.shape)}; expected {tuple(out.recon.shape)} (d_out={self.cfg.d_out}"
                          f"{f', layer {self.cfg.layer_out}' if self.cfg.layer_out is not None else ''})")
     if mask is None: mask = out.indices >= 0
-    out.recon_loss = masked_mse(out.recon, y, mask)
+    out.recon_loss = masked_mse(out.recon, y, mask) * self.out_scale.float() ** 2
     out.loss = out.recon_loss + self.cfg.beta * out.commit_loss
     return out.loss
 
@@ -186,8 +192,24 @@ def encode(self: CLVQVAE, x: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 @patch
 def concept_vectors(self: CLVQVAE) -> torch.Tensor:
-    "The codebook, one concept vector per code, in the encoder's (input layer's) space: [K, d_in]."
+    "The codebook, one concept vector per code, in the encoder's space (the input layer's, times `encoder.scale`): [K, d_in]."
     return self.quantizer.embed.detach().clone()
+
+@patch
+@torch.no_grad()
+def set_scales(self: CLVQVAE, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Fix `encoder.scale` and `out_scale` from token samples `x: [N, d_in]`, `y: [N, d_out]` so that E‖s·x‖² = d_in and
+    E‖s'·y‖² = d_out (SAELens' normalisation). Residual streams differ by orders of magnitude between models (Gemma-3-270M's
+    layer 16: token norm ~25,000; MiniLM's layer 4: ~12); unscaled, the commitment term of a large-norm layer swamps the
+    reconstruction term. Returns `(scale, out_scale)`."""
+    def fit(t, name):
+        ms = t.double().pow(2).sum(-1).mean()
+        if not (torch.isfinite(ms) and ms > 0):
+            raise ValueError(f"cannot scale the {name} activations: their mean squared norm is {float(ms)}; "
+                             "check the cache (all-zero or non-finite rows) or pass normalize=False")
+        return (t.shape[-1] / ms).sqrt().float()
+    self.encoder.scale.copy_(fit(x, "input")); self.out_scale.copy_(fit(y, "target"))
+    return float(self.encoder.scale), float(self.out_scale)
 
 @patch(as_prop=True)
 def n_concepts(self: CLVQVAE) -> int: return self.cfg.codebook_size
@@ -215,6 +237,9 @@ def from_pretrained(cls: CLVQVAE, path: str | Path, device: str | torch.device =
         if not (path / f).exists(): raise FileNotFoundError(f"{path / f} not found: {path} is not a folder written by CLVQVAE.save_pretrained")
     meta = read_json(path / "config.json")
     if meta.get("model_type") != "clvqvae": raise ValueError(f"{path}/config.json has model_type={meta.get('model_type')!r}, expected 'clvqvae'")
-    model = cls(CLVQVAEConfig.from_dict(meta["config"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    sd = load_file(str(path / "model.safetensors"))
+    old = "out_scale" not in sd                       # written before the scales existed: a raw-activation model
+    model = cls(CLVQVAEConfig.from_dict({**meta["config"], **({"normalize": False} if old else {})}))
+    if old: sd = {**sd, "out_scale": torch.ones(()), "encoder.scale": torch.ones(())}
+    model.load_state_dict(sd)
     return model.to(device).eval()

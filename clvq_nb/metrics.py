@@ -459,7 +459,7 @@ PROTOCOL_CHOICES = dict(
     projection=("centred", "uncentred"), random_control=("gaussian", "codebook"), early_stopping=("validation", "test_fold"),
     probe_keep=("best", "last"), probe_scaling=("raw", "standardize"), labels=("label", "pred"),
     train_tokens=("filtered", "all"), codebook_init=("spherical_kmeans++", "kmeans++", "random"),
-    subword_merge=("mean", "first", "last"), decoder_memory=("quantized", "continuous"))
+    subword_merge=("mean", "first", "last"), decoder_memory=("quantized", "continuous"), activation_scale=("normalized", "raw"))
 LEAK_FLAG = "test-fold early stopping"
 
 # %% ../nbs/09_metrics.ipynb #178f8d3a
@@ -499,6 +499,7 @@ class EvalProtocol(ConfigMixin):
     init_tokens: int | None = None     # tokens the init clusters (None: all kept training tokens)
     subword_merge: str = "mean"        # sub-word pieces -> word vector: 'mean' | 'first' | 'last'
     decoder_memory: str = "quantized"  # 'quantized' | 'continuous'
+    activation_scale: str = "normalized"  # VQ models read/predict layers scaled to E‖x‖² = width | 'raw' (the authors' code)
 
     def __post_init__(self):
         for k, ok in PROTOCOL_CHOICES.items():
@@ -542,9 +543,10 @@ def probe_kwargs(self: EvalProtocol) -> dict:
 @patch
 def fit_settings(self: EvalProtocol) -> dict:
     """What the pipeline passes on when it builds caches and fits methods: the activation `merge`, the VQ
-    models' `model` fields (`memory`, `init`, `kmeans_iters`) and `train` fields (`init_tokens`), `train_tokens`."""
+    models' `model` fields (`memory`, `init`, `kmeans_iters`, `normalize`) and `train` fields (`init_tokens`), `train_tokens`."""
     return dict(merge=self.subword_merge, train_tokens=self.train_tokens,
-                model=dict(memory=self.decoder_memory, init=self.codebook_init, kmeans_iters=self.init_iters),
+                model=dict(memory=self.decoder_memory, init=self.codebook_init, kmeans_iters=self.init_iters,
+                           normalize=self.activation_scale == "normalized"),
                 train=dict(init_tokens=2 ** 62 if self.init_tokens is None else self.init_tokens))
 
 # %% ../nbs/09_metrics.ipynb #35c664e3
@@ -552,7 +554,7 @@ PRESETS = {"sound": {},
            "paper": dict(name="paper", ig_site="layer", ig_baseline="zeros", ig_norm="all", ig_exclude="final_sep",
                          assign="all", projection="uncentred", early_stopping="test_fold", probe_keep="last",
                          probe_scaling="raw", codebook_init="kmeans++", init_iters=100, subword_merge="last",
-                         decoder_memory="continuous")}
+                         decoder_memory="continuous", activation_scale="raw")}
 
 def protocols(spec: str = "both", **overrides) -> list[EvalProtocol]:
     "The protocols named by `spec`: 'paper', 'sound' or 'both' (sound first), each with `overrides`."
@@ -569,7 +571,8 @@ PROTOCOL_POINTS = {  # point -> (fields it switches, 'eval' | 'train')
     "early_stopping": (("early_stopping", "probe_keep"), "eval"), "probe_scaling": (("probe_scaling",), "eval"),
     "labels": (("labels",), "eval"),
     "train_tokens": (("train_tokens",), "train"), "codebook_init": (("codebook_init", "init_iters", "init_tokens"), "train"),
-    "subword_merge": (("subword_merge",), "train"), "decoder_memory": (("decoder_memory",), "train")}
+    "subword_merge": (("subword_merge",), "train"), "decoder_memory": (("decoder_memory",), "train"),
+    "activation_scale": (("activation_scale",), "train")}
 
 def ablation_protocols(base: EvalProtocol | str = "sound", target: EvalProtocol | str = "paper",
                        points: Sequence[str] | None = None) -> dict[str, tuple[EvalProtocol, str]]:
@@ -866,9 +869,11 @@ def _logits(model, inputs, edits: dict | None = None) -> torch.Tensor:
     with hidden_hooks(model, edits): return model(**inputs).logits
 
 def _codebook(method):
-    "(encode x -> z, codes [K, d]) of a VQ method, or None."
+    """(encode x -> z, codes [K, d]) of a VQ method, or None; both in the input layer's units (the encoder's space divided by
+    its input scale), so a code difference can be added to a hidden state."""
     if not hasattr(method, "model") or not hasattr(method.model, "concept_vectors"): return None
-    return (lambda x: method.model.encoder(x.float()).float()), method.model.concept_vectors().float()
+    s = float(getattr(method.model.encoder, "scale", 1.0))
+    return (lambda x: method.model.encoder(x.float()).float() / s), method.model.concept_vectors().float() / s
 
 # %% ../nbs/09_metrics.ipynb #461d09ad
 @torch.no_grad()

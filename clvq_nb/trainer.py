@@ -24,9 +24,9 @@ from .config import (ConfigMixin, atomic_path, atomic_write_text, clvq_home, get
                             seed_everything, stable_hash, versions, write_json)
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'PROFILES', 'TrainConfig', 'profile', 'epoch_batches', 'dataset_lengths', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_diff', 'Trainer', 'evaluate_model',
-           'SyntheticPairs', 'TrainResult', 'split_sentences', 'train_clvqvae']
+__all__ = ['RUNTIME_FIELDS', 'PROFILES', 'SCALE_TOKENS', 'TrainConfig', 'profile', 'epoch_batches', 'dataset_lengths',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_diff', 'Trainer',
+           'evaluate_model', 'SyntheticPairs', 'TrainResult', 'split_sentences', 'train_clvqvae']
 
 # %% ../nbs/06_trainer.ipynb #8dde217e
 _AMP = ("auto", "bf16", "off")
@@ -336,8 +336,8 @@ def _loader(ds: Dataset, batches: list[list[int]], collate_fn: Callable, num_wor
 def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_fn: Callable = collate_sentences,
                    device: str | torch.device | None = None, amp: bool = False, num_workers: int = 0,
                    group_by_length: bool = True) -> dict:
-    """Eval-mode metrics of `model` on sentence dataset `ds`: loss, recon_loss, commit_loss, fvu (over all real
-    tokens), perplexity, active_codes and dead_fraction of the nearest-code assignment. Summed over ranks under torch.distributed."""
+    """Eval-mode metrics of `model` on sentence dataset `ds`: loss, recon_loss, commit_loss (both in the model's scaled
+    units, as in training), fvu (over all real tokens), perplexity, active_codes and dead_fraction of the nearest-code assignment. Summed over ranks under torch.distributed."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     K, dout = model.cfg.codebook_size, model.cfg.d_out
@@ -357,7 +357,7 @@ def evaluate_model(model: CLVQVAE, ds: Dataset, batch_size: int = 128, collate_f
     if world > 1: dist.all_reduce(stats)
     model.train(was)
     n = stats[0].clamp(min=1)
-    recon, commit = float(stats[2] / (n * dout)), float(stats[1] / n)
+    recon, commit = float(stats[2] / (n * dout)) * float(model.out_scale) ** 2, float(stats[1] / n)   # in the model's scaled units
     counts = stats[5 + dout:]
     return dict(loss=recon + model.cfg.beta * commit, recon_loss=recon, commit_loss=commit,
                 fvu=fvu_from_sums(stats[2:5 + dout]), perplexity=perplexity(counts), active_codes=int((counts > 0).sum()),
@@ -472,6 +472,24 @@ def _init_from_sample(self: Trainer) -> None:
     order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
     _init_from_sentences(self, order[:int(np.searchsorted(np.cumsum(lengths[order]), self.cfg.init_tokens)) + 1].tolist())
 
+SCALE_TOKENS = 20_000   # training tokens sampled to fix the model's input/target scales (CLVQVAEConfig.normalize)
+
+@torch.no_grad()
+def _fit_scales(self: Trainer) -> None:
+    """Fix the model's scales (`CLVQVAE.set_scales`) from a seeded sample of about `SCALE_TOKENS` training tokens. Every
+    rank reads the same sentences, so the scales agree under DDP without a broadcast."""
+    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
+    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
+    take = order[:int(np.searchsorted(np.cumsum(lengths[order]), SCALE_TOKENS)) + 1]
+    xs, ys = [], []
+    for i in take:
+        x, y = self.train_ds[int(i)]
+        _check_finite(x, y, f"training item {int(i)} (read to fix the scales)"); xs.append(x.float()); ys.append(y.float())
+    x, y = torch.cat(xs), torch.cat(ys)
+    s_in, s_out = self.raw.set_scales(x, y)
+    if self.progress and self.is_main:
+        tqdm.write(f"scales: input x{s_in:.3g}, target x{s_out:.3g} (E|x|^2 = width, from {len(x):,} training tokens)")
+
 def _init_from_first_batch(self: Trainer) -> None:
     """Under DDP with `init_tokens=0` (the paper's init from the first batch): every rank encodes the whole first global
     batch, as one process does lazily in its first step (same autocast); the quantizer's own lazy init would gather the
@@ -487,6 +505,7 @@ def fit(self: Trainer) -> list[dict]:
     c, st = self.cfg, self.state
     if not self.resume():
         seed_everything(c.seed)
+        if self.raw.cfg.normalize: _fit_scales(self)      # before the codebook init, which encodes scaled inputs
         if c.init_tokens: _init_from_sample(self)
         elif self.world > 1: _init_from_first_batch(self)
         _own_rng(self)
