@@ -121,7 +121,7 @@ class TrainingConfig(ConfigMixin):
     top_k: int = 5                       # sample among the k nearest codes while training (1 = nearest code)
     temperature: float = 1.0             # sampling p = softmax(-distance / temperature)
     memory: str = "quantized"            # decoder memory: 'quantized' (honest bottleneck) or 'continuous' (authors' code)
-    normalize: bool = True               # scale both layers to E‖x‖² = width (fixed from training tokens); False: raw (authors' code)
+    normalize: bool = True               # scale both layers so that E‖x‖² equals the width (a fixed factor from training tokens); False: raw (authors' code)
     amp: str = "bf16"                    # bf16 autocast (~2.5x faster than fp32 on this CPU), 'off' or 'auto'
     epochs: int = 50                     # maximum epochs per VQ model
     train_steps: Optional[int] = None    # cap on optimizer steps per VQ model (None = no cap; tests cap steps, not minutes)
