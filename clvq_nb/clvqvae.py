@@ -237,9 +237,10 @@ def from_pretrained(cls: CLVQVAE, path: str | Path, device: str | torch.device =
         if not (path / f).exists(): raise FileNotFoundError(f"{path / f} not found: {path} is not a folder written by CLVQVAE.save_pretrained")
     meta = read_json(path / "config.json")
     if meta.get("model_type") != "clvqvae": raise ValueError(f"{path}/config.json has model_type={meta.get('model_type')!r}, expected 'clvqvae'")
+    cfg = CLVQVAEConfig.from_dict(meta["config"])    # a bad config is named before the weights are read
     sd = load_file(str(path / "model.safetensors"))
     old = "out_scale" not in sd                       # written before the scales existed: a raw-activation model
-    model = cls(CLVQVAEConfig.from_dict({**meta["config"], **({"normalize": False} if old else {})}))
+    model = cls(CLVQVAEConfig.from_dict({**cfg.to_dict(), "normalize": False}) if old else cfg)
     if old: sd = {**sd, "out_scale": torch.ones(()), "encoder.scale": torch.ones(())}
     model.load_state_dict(sd)
     return model.to(device).eval()

@@ -338,7 +338,10 @@ def test_vq_methods_fit(toy, name, l_out, tmp_path):
     a = m.assign(toy.layer(0))
     assert a.shape == (toy.n_tokens,) and int(a.max()) < 4
     k = int(m.counts.argmax())
-    assert torch.equal(m.concept_vector(k), m.model.concept_vectors()[k])
+    # the codebook lives in the encoder's scaled space; a concept vector is in layer l_in's own units
+    assert torch.equal(m.concept_vector(k), m.model.concept_vectors()[k] / m.model.encoder.scale)
+    X = toy.layer(0).float()
+    assert abs(float((m.model.encoder.scale * X).pow(2).sum(-1).mean()) - X.shape[1]) < 0.2 * X.shape[1]
     m2 = get_method(name, **kw).fit(toy, 0, l_out, progress=False)
     assert torch.equal(m2.assign(toy.layer(0)), a)  # seeded
     m3 = load_method(m.save(tmp_path / name))

@@ -71,11 +71,13 @@ def test_resume_after_interrupt(tmp_path):
     p1, p2, p3 = (out / point_id(dict(a=a, hold_file=str(hold))) for a in (1, 2, 3))
     try:
         t0 = time.time()
-        while not ((p1 / "done.json").exists() and (p2 / "point.json").exists()):
+        # attempts.txt is written by point 2's cell just before it waits on the hold file: the interrupt lands inside the
+        # running cell however long the kernel took to start (waiting for point.json plus a fixed 2 s let a loaded
+        # machine send it before the cell ran, and the sweep then finished normally)
+        while not ((p1 / "done.json").exists() and (p2 / "attempts.txt").exists()):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() - t0 < 600, "sweep did not reach point 2"
             time.sleep(0.2)
-        time.sleep(2.0)                          # point 2's kernel is now busy waiting on the hold file
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=600)                   # the held cell ends by itself after at most 60 s, then the sweep stops
     finally:

@@ -202,8 +202,11 @@ def test_nan_batch_named(where):
     items = [DATA[i] for i in range(64)]
     x, y = items[10]
     items[10] = (x.clone().fill_(float("inf")), y) if where == "x" else (x, y.clone().fill_(float("nan")))
-    t = Trainer(model(), TrainConfig(batch_size=64, epochs=1), items, None, progress=False)
     name = "x (input layer)" if where == "x" else "y (target layer)"
+    t = Trainer(model(), TrainConfig(batch_size=64, epochs=1), items, None, progress=False)
+    with pytest.raises(ValueError, match=re.escape(f"training item 10 (read to fix the scales): {name} holds")):
+        t.fit()                                  # the scale sample (normalize=True) reads it first
+    t = Trainer(model(normalize=False), TrainConfig(batch_size=64, epochs=1), items, None, progress=False)
     with pytest.raises(ValueError, match=re.escape(f"training batch 0 of epoch 0 (global step 0): {name} holds")):
         t.fit()
     t = Trainer(model(), TrainConfig(batch_size=32, epochs=1), TRAIN, items, progress=False)
