@@ -4,7 +4,7 @@
 
 # %% ../nbs/10b_sweep.ipynb #893af79d
 from __future__ import annotations
-import difflib, hashlib, itertools, json, math, re, shutil, time, traceback
+import contextlib, difflib, hashlib, itertools, json, math, re, shutil, time, traceback
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -198,11 +198,30 @@ def run_sweep(grid: Mapping[str, Any] | str | Path, notebook: str | Path = "nbs/
     write_json(out_dir / "sweep.json", meta | dict(grid=g))
     points = expand_grid(g)
     try:
-        for p in tqdm(points, desc="sweep", disable=not progress):
-            d = out_dir / point_id(p)
-            if resume and (d / "done.json").exists(): continue
-            if resume and not retry_failed and (d / "failure.json").exists(): continue
-            run_point(notebook, p, d, kernel=kernel, output_param=output_param, cwd=cwd)
+        with _ctrl_c_stops() as hit:
+            for p in tqdm(points, desc="sweep", disable=not progress):
+                d = out_dir / point_id(p)
+                if resume and (d / "done.json").exists(): continue
+                if resume and not retry_failed and (d / "failure.json").exists(): continue
+                run_point(notebook, p, d, kernel=kernel, output_param=output_param, cwd=cwd)
+                if hit: raise KeyboardInterrupt   # something inside the point swallowed the Ctrl-C: stop here all the same
     finally:
         summary = write_summary(out_dir, points, g, metric)
     return summary
+
+@contextlib.contextmanager
+def _ctrl_c_stops():
+    """While a sweep runs, Ctrl-C (SIGINT) raises KeyboardInterrupt wherever the main thread is, and is remembered so the
+    sweep stops after the point even if something below swallowed it. Twice on 2026-12-03 a Ctrl-C sent while a point's
+    cell ran was lost with Python's default handler: the cell ran to its end and the sweep finished with exit code 0.
+    The suspect (not proven) is the asyncio runner under papermill, which replaces the default handler by one that
+    cancels its task, a cancellation the cell's wait can absorb; it leaves a handler of ours alone. Outside the main
+    thread nothing is changed."""
+    import signal, threading
+    hit = []
+    if threading.current_thread() is not threading.main_thread(): yield hit; return
+    def on_int(signum, frame):
+        hit.append(signum); raise KeyboardInterrupt
+    old = signal.signal(signal.SIGINT, on_int)
+    try: yield hit
+    finally: signal.signal(signal.SIGINT, old)
