@@ -505,7 +505,8 @@ def fit(self: Trainer) -> list[dict]:
     c, st = self.cfg, self.state
     if not self.resume():
         seed_everything(c.seed)
-        if self.raw.cfg.normalize: _fit_scales(self)      # before the codebook init, which encodes scaled inputs
+        # before the codebook init, which encodes scaled inputs; a model whose codebook exists keeps the scales it has
+        if self.raw.cfg.normalize and not bool(self.raw.quantizer.initted): _fit_scales(self)
         if c.init_tokens: _init_from_sample(self)
         elif self.world > 1: _init_from_first_batch(self)
         _own_rng(self)
