@@ -872,7 +872,7 @@ def _codebook(method):
     """(encode x -> z, codes [K, d]) of a VQ method, or None; both in the input layer's units (the encoder's space divided by
     its input scale), so a code difference can be added to a hidden state."""
     if not hasattr(method, "model") or not hasattr(method.model, "concept_vectors"): return None
-    s = float(getattr(method.model.encoder, "scale", 1.0))
+    s = float(method.model.encoder.scale)
     return (lambda x: method.model.encoder(x.float()).float() / s), method.model.concept_vectors().float() / s
 
 # %% ../nbs/09_metrics.ipynb #461d09ad

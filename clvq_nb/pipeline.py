@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from fastcore.basics import patch
 
-from .config import (ClvqError, ConfigMixin, clvq_home, environment, fault_point, lean_allocators, peak_memory_mb,
-                            read_json, seed_everything, stable_hash, track_memory, write_json)
+from .config import (ClvqError, ConfigMixin, clvq_home, environment, fault_point, lean_allocators, leave_process_group,
+                            peak_memory_mb, read_json, seed_everything, stable_hash, track_memory, write_json)
 from .runs import Run
 
 # %% auto #0
@@ -563,7 +563,7 @@ def _fit_vq_together(p: Prepared, run: Run, progress: bool, log: StageLog) -> No
         dist.broadcast_object_list(todo, 0)
         if todo[0]: _fit_method(name, p, run, progress and rank == 0, log, write=rank == 0)
         dist.barrier()   # saved before rank 0 goes on (it reloads the method from the run folder)
-    dist.destroy_process_group()
+    leave_process_group()
     os.environ.update(WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
 
 def compare(p: Prepared, progress: bool = True, log=print) -> pd.DataFrame | None:

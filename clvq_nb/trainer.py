@@ -465,12 +465,16 @@ def _init_from_sentences(self: Trainer, take, amp: bool = False) -> None:
     if self.world > 1:
         for b in (q.embed, q.embed_avg, q.cluster_size): dist.broadcast(b, 0)
 
+def _seeded_sentences(self: Trainer, n_tokens: int) -> list[int]:
+    "Training items in a seeded random order, as many as it takes to hold about `n_tokens` tokens (the same on every rank)."
+    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
+    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
+    return order[:int(np.searchsorted(np.cumsum(lengths[order]), n_tokens)) + 1].tolist()
+
 def _init_from_sample(self: Trainer) -> None:
     "Codebook init from the encoder outputs of a seeded sample of about `init_tokens` training tokens."
     if bool(self.raw.quantizer.initted): return
-    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
-    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
-    _init_from_sentences(self, order[:int(np.searchsorted(np.cumsum(lengths[order]), self.cfg.init_tokens)) + 1].tolist())
+    _init_from_sentences(self, _seeded_sentences(self, self.cfg.init_tokens))
 
 SCALE_TOKENS = 20_000   # training tokens sampled to fix the model's input/target scales (CLVQVAEConfig.normalize)
 
@@ -478,13 +482,10 @@ SCALE_TOKENS = 20_000   # training tokens sampled to fix the model's input/targe
 def _fit_scales(self: Trainer) -> None:
     """Fix the model's scales (`CLVQVAE.set_scales`) from a seeded sample of about `SCALE_TOKENS` training tokens. Every
     rank reads the same sentences, so the scales agree under DDP without a broadcast."""
-    lengths = self._lengths if self._lengths is not None else dataset_lengths(self.train_ds)
-    order = np.random.default_rng(self.cfg.seed).permutation(len(self.train_ds))
-    take = order[:int(np.searchsorted(np.cumsum(lengths[order]), SCALE_TOKENS)) + 1]
     xs, ys = [], []
-    for i in take:
-        x, y = self.train_ds[int(i)]
-        _check_finite(x, y, f"training item {int(i)} (read to fix the scales)"); xs.append(x.float()); ys.append(y.float())
+    for i in _seeded_sentences(self, SCALE_TOKENS):
+        x, y = self.train_ds[i]
+        _check_finite(x, y, f"training item {i} (read to fix the scales)"); xs.append(x.float()); ys.append(y.float())
     x, y = torch.cat(xs), torch.cat(ys)
     s_in, s_out = self.raw.set_scales(x, y)
     if self.progress and self.is_main:
