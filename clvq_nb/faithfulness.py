@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from .config import ClvqError, read_json, write_json
-from .metrics import (EvalProtocol, ablation_figure, aggregate_seeds, causal_removal, evaluate_protocol, layer_mean,
-                             protocols, run_ablation, sentence_labels, splice_report)
+from .metrics import (PROTOCOL_POINTS, EvalProtocol, ablation_figure, aggregate_seeds, causal_removal, evaluate_protocol,
+                             layer_mean, protocols, run_ablation, sentence_labels, splice_report)
 
 # %% auto #0
 __all__ = ['NOTEBOOK_DEFAULTS', 'NOTEBOOK_EXTRA', 'protocol_caches', 'fit_methods', 'protocol_salient', 'evaluate_methods',
@@ -57,13 +57,13 @@ def fit_methods(p, P: EvalProtocol, seed: int, names: Sequence[str], out: Path, 
         log(f"[fit] {P.name} seed {seed} {name}: {time.perf_counter() - t0:.0f}s")
     return ms
 
-def protocol_salient(p, P: EvalProtocol, dev_cache, out: Path, progress: bool = False):
-    "Salient tokens of the dev sentences under the protocol's IG settings (cached in `out/salient-<protocol>.json`)."
+def protocol_salient(p, P: EvalProtocol, dev_cache, out: Path, progress: bool = False, name: str | None = None):
+    "Salient tokens of the dev sentences under the protocol's IG settings (cached in `out/salient-<name or protocol>.json`)."
     from clvq_nb.concepts import salient_tokens
     wpt = _dev_words(dev_cache)
     targets = sentence_labels(dev_cache, "label") if P.ig_target == "label" else None
     return salient_tokens(p.clf.model, p.clf.tokenizer, [" ".join(w) for w in wpt], wpt, targets=targets,
-                          cache_path=Path(out) / f"salient-{P.name}.json", progress=progress, **P.salient_kwargs(p.cfg.layer_in))
+                          cache_path=Path(out) / f"salient-{name or P.name}.json", progress=progress, **P.salient_kwargs(p.cfg.layer_in))
 
 # %% ../nbs/10a_faithfulness.ipynb #6b44d769
 def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salient, causal: bool = True,
@@ -140,13 +140,26 @@ def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), 
     return tables
 
 # %% ../nbs/10a_faithfulness.ipynb #e693181d
+def _point_fields(side: str) -> tuple[str, ...]:
+    "The `EvalProtocol` fields of the protocol points on `side`: 'ig' (the salient-word points) or 'train' (the training side)."
+    return tuple(f for k, (fs, s) in PROTOCOL_POINTS.items() if (k.startswith("ig_") if side == "ig" else s == side) for f in fs)
+
 def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, causal: bool = False, progress: bool = False, log=print) -> pd.DataFrame:
-    "From `sound`, one point at a time switched to `paper`: removal rows of every method per variant (training-side variants refit)."
+    """From `sound`, one point at a time switched to `paper`: removal rows of every method per variant (training-side variants refit).
+    A variant whose training side (or IG settings) equals a preset's reuses that preset's fits in `out/<preset>/seed<seed>`
+    (or its `out/salient-<preset>.json`) instead of refitting (recomputing) the same thing."""
+    presets = {n: EvalProtocol.preset(n, **over) for n in ("sound", "paper")}
+    def twin(P, side):
+        "The preset whose `side` fields ('train' or 'ig') equal P's, or None."
+        return next((n for n, Q in presets.items() if all(getattr(P, f) == getattr(Q, f) for f in _point_fields(side))), None)
     def fit(P):
         caches = protocol_caches(p, P, progress)
-        return {"caches": caches, "methods": fit_methods(p, P, seed, names, Path(out) / "ablation" / P.name, caches[0], progress, log)}
+        n = twin(P, "train")
+        d = Path(out) / n / f"seed{seed}" if n else Path(out) / "ablation" / P.name
+        return {"caches": caches, "methods": fit_methods(p, P, seed, names, d, caches[0], progress, log)}
     def evaluate(P, fitted):
-        sal = protocol_salient(p, P, fitted["caches"][1], Path(out) / "ablation", progress)
+        n = twin(P, "ig")
+        sal = protocol_salient(p, P, fitted["caches"][1], Path(out) if n else Path(out) / "ablation", progress, name=n)
         return evaluate_methods(p, P, fitted["methods"], seed, fitted["caches"], sal, causal, progress, log)["removal"]
-    base = EvalProtocol.preset("sound", **over)
+    base = presets["sound"]
     return run_ablation(evaluate, methods={"base": fit(base)}, fit=fit, base=base, target=EvalProtocol.preset("paper", **over), log=log)
