@@ -75,7 +75,7 @@ def _clvq_main(values: dict, home: Path):
     argv = [sys.executable, "-m", "clvq_nb.cli", "main"]
     for k, v in values.items():
         opt = "--" + k.replace("_", "-")
-        argv += [opt] if v is True else [opt, str(v)]
+        argv += [opt] if v is True else ["--no-" + k.replace("_", "-")] if v is False else [opt, str(v)]
     env = {**os.environ, "CLVQ_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
 
@@ -88,7 +88,7 @@ def test_every_option_reaches_the_notebook(tmp_path, tiny_model):
                   encoding="latin-1", model=str(tiny_model), finetune_epochs=2, max_train=100, prompt_template="Review: {text}",
                   verbalisers="bad,good", shots=2, sentence_vector="mean", lm_dtype="bfloat16", layer_in=2, layer_out=4,
                   merge="first", methods="kmeans", codebook_size=8, agglo_max_tokens=500, sae_epochs=2, profile="cpu",
-                  top_k=2, temperature=0.5, memory="continuous", amp="off", epochs=2, train_steps=6, train_minutes=30.0,
+                  top_k=2, temperature=0.5, memory="continuous", normalize=False, amp="off", epochs=2, train_steps=6, train_minutes=30.0,
                   ig_steps=4, folds=3, probe_labels="pred", protocol="sound", protocol_seeds=2, seed=1, output_dir=str(run_dir),
                   overwrite=True)
     defaults = config_fields()
