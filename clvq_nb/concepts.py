@@ -216,7 +216,8 @@ def rows(self: SalientTokens, cache) -> np.ndarray:
 
 # %% ../nbs/08_concepts.ipynb #3485a732
 def _model_fingerprint(model) -> str:
-    h = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
+    "The model's class and weights (not where it was loaded from: a classifier reloaded from the cache keeps its caches)."
+    h = hashlib.sha256(type(model).__name__.encode())
     for n, p in model.named_parameters(): h.update(n.encode()); h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
