@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ClvqError, read_json, write_json
+from .config import ClvqError, read_json, stable_hash, write_json
 from .metrics import (PROTOCOL_POINTS, EvalProtocol, ablation_figure, aggregate_seeds, causal_removal, evaluate_protocol,
                              layer_mean, protocols, run_ablation, sentence_labels, splice_report)
 
@@ -67,8 +67,11 @@ def protocol_salient(p, P: EvalProtocol, dev_cache, out: Path, progress: bool = 
 
 # %% ../nbs/10a_faithfulness.ipynb #6b44d769
 def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salient, causal: bool = True,
-                     progress: bool = False, log=print) -> dict[str, list[dict]]:
-    "Removal rows (with controls) and, with `causal`, causal-removal and splice rows of every method under `P`."
+                     progress: bool = False, log=print, dirs: dict | None = None) -> dict[str, list[dict]]:
+    """Removal rows (with controls) and, with `causal`, causal-removal and splice rows of every method under `P`.
+    `dirs`: `{name: folder the method was saved in}`; each method's rows are then kept there
+    (`eval-<protocol>[-causal].json`, keyed by the protocol, seed, saved method and salient words), so an
+    interrupted report resumes without evaluating a method twice."""
     train, dev = caches
     l_in = p.cfg.layer_in
     mean = layer_mean(train, l_in)
@@ -76,17 +79,34 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
     wpt = _dev_words(dev)
     out = {"removal": [], "causal": [], "splice": []}
     for name, m in methods.items():
-        t0 = time.perf_counter()
-        r = evaluate_protocol(m, dev, l_in, salient, P, mean=mean, seed=seed, progress=progress)
-        r.update(method=name, eval_seconds=round(time.perf_counter() - t0, 1)); out["removal"].append(r)
+        path, key = None, None
+        if dirs:
+            d = Path(dirs[name]); path = d / f"eval-{P.name}{'-causal' if causal else ''}.json"
+            key = stable_hash({"protocol": P.to_dict(), "seed": int(seed), "causal": bool(causal), "method": stable_hash((d / "method.json").read_text()),
+                               "salient": np.asarray(salient.index).tolist()}, 16)
+        got = _kept_rows(path, key)
+        if got is None:
+            t0 = time.perf_counter()
+            r = evaluate_protocol(m, dev, l_in, salient, P, mean=mean, seed=seed, progress=progress)
+            r.update(method=name, eval_seconds=round(time.perf_counter() - t0, 1)); got = {"removal": r}
+            if causal:
+                c = causal_removal(p.clf.model, p.clf.tokenizer, wpt, salient, m, l_in, gold, P, mean=mean, seed=seed, progress=progress)
+                s = splice_report(p.clf.model, p.clf.tokenizer, wpt, gold, m, mean=layer_mean(train, m.l_out), merge=P.subword_merge)
+                for row in (c, s): row.update(method=name, protocol=P.name, protocol_flag=P.flag, seed=seed)
+                got.update(causal=c, splice=s)
+            if path: write_json(path, {"key": key, "rows": got})
+        r = got["removal"]
         log(f"[{P.name} seed {seed}] {name}: {r['acc_original']:.3f} -> {r['acc_removed']:.3f} (random {r['acc_random']:.3f}, "
             f"amnesic {r['acc_amnesic']:.3f}) {P.flag}")
-        if causal:
-            c = causal_removal(p.clf.model, p.clf.tokenizer, wpt, salient, m, l_in, gold, P, mean=mean, seed=seed, progress=progress)
-            s = splice_report(p.clf.model, p.clf.tokenizer, wpt, gold, m, mean=layer_mean(train, m.l_out), merge=P.subword_merge)
-            for row in (c, s): row.update(method=name, protocol=P.name, protocol_flag=P.flag, seed=seed)
-            out["causal"].append(c); out["splice"].append(s)
+        for k, row in got.items(): out[k].append(row)
     return out
+
+def _kept_rows(path: Path | None, key: str | None) -> dict | None:
+    "The rows kept in `path` by an earlier evaluation with the same `key`, or None."
+    if path is None or not path.exists(): return None
+    try: c = read_json(path)
+    except (OSError, ValueError): return None
+    return c["rows"] if isinstance(c, dict) and c.get("key") == key else None
 
 # %% ../nbs/10a_faithfulness.ipynb #59211a3f
 NOTEBOOK_DEFAULTS = {"protocol": "both", "folds": 20}   # faithfulness.ipynb: the experiment's parameters with these defaults
@@ -124,8 +144,9 @@ def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), 
         caches = protocol_caches(p, P, progress)
         sal = protocol_salient(p, P, caches[1], out, progress)
         for seed in seeds:
-            ms = fit_methods(p, P, seed, names, out / P.name / f"seed{seed}", caches[0], progress, log)
-            for k, v in evaluate_methods(p, P, ms, seed, caches, sal, causal, progress, log).items(): rows[k] += v
+            d = out / P.name / f"seed{seed}"
+            ms = fit_methods(p, P, seed, names, d, caches[0], progress, log)
+            for k, v in evaluate_methods(p, P, ms, seed, caches, sal, causal, progress, log, dirs={n: d / n for n in ms}).items(): rows[k] += v
         times[P.name] = round(time.perf_counter() - t0, 1)
     tables = {k: pd.DataFrame(v) for k, v in rows.items() if v}
     tables["removal_seeds"] = aggregate_seeds(rows["removal"])
@@ -156,10 +177,11 @@ def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, ca
         caches = protocol_caches(p, P, progress)
         n = twin(P, "train")
         d = Path(out) / n / f"seed{seed}" if n else Path(out) / "ablation" / P.name
-        return {"caches": caches, "methods": fit_methods(p, P, seed, names, d, caches[0], progress, log)}
+        return {"caches": caches, "methods": fit_methods(p, P, seed, names, d, caches[0], progress, log), "dir": d}
     def evaluate(P, fitted):
         n = twin(P, "ig")
         sal = protocol_salient(p, P, fitted["caches"][1], Path(out) if n else Path(out) / "ablation", progress, name=n)
-        return evaluate_methods(p, P, fitted["methods"], seed, fitted["caches"], sal, causal, progress, log)["removal"]
+        return evaluate_methods(p, P, fitted["methods"], seed, fitted["caches"], sal, causal, progress, log,
+                                dirs={k: fitted["dir"] / k for k in fitted["methods"]})["removal"]
     base = presets["sound"]
     return run_ablation(evaluate, methods={"base": fit(base)}, fit=fit, base=base, target=EvalProtocol.preset("paper", **over), log=log)
