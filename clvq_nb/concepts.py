@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .config import atomic_path, read_json, stable_hash, write_json
+from .config import atomic_path, read_json, read_keyed, stable_hash, write_json
 
 # %% auto #0
 __all__ = ['IG_CHOICES', 'assign_tokens', 'Concepts', 'summarise_concepts', 'extract_concepts', 'SalientTokens', 'encoder_blocks',
@@ -349,13 +349,8 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     if (site, baseline, norm, merge, exclude, targets) != ("embeddings", "pad", "words", "max", "specials", None):
         key.update(site=site, layer=layer, baseline=baseline, norm=norm, merge=merge, exclude=exclude,
                    targets=None if targets is None else stable_hash([int(t) for t in targets], 16))
-    done: dict[str, Any] = {}
     cache_path = Path(cache_path) if cache_path else None
-    if cache_path and cache_path.exists():
-        try:
-            c = read_json(cache_path)
-            if c.get("key") == key: done = c["done"]
-        except (json.JSONDecodeError, KeyError): done = {}
+    done: dict[str, Any] = read_keyed(cache_path, key, "done") or {}
     emb = _embedding_layer(model); dev = emb.weight.device
     was = model.training; model.eval()
     def fwd(input_ids, attention_mask): return model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -443,8 +438,7 @@ def salient_tokens_prompt(model, texts: Sequence[str], words_per_text: Sequence[
     key = {"model": _model_fingerprint(model), "prompt": [model.prefix_ids, model.suffix_ids, model.verbaliser_ids],
            "words": stable_hash(words, 16), "n_steps": n_steps, "max_length": max_length, "method": method, "absolute": absolute}
     cache_path = Path(cache_path) if cache_path else None
-    try: done = read_json(cache_path)["done"] if cache_path and read_json(cache_path).get("key") == key else {}
-    except (FileNotFoundError, json.JSONDecodeError, KeyError): done = {}
+    done = read_keyed(cache_path, key, "done") or {}
     fwd = lambda ids, am: model(input_ids=ids, attention_mask=am).logits
     lig = LayerIntegratedGradients(fwd, model.lm.get_input_embeddings())
     dev = next(model.parameters()).device

@@ -14,9 +14,10 @@ import torch
 
 # %% auto #0
 __all__ = ['clvq_home', 'package_dir', 'get_device', 'seed_everything', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
-           'write_json', 'read_json', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError', 'join_parts',
-           'git_commit', 'environment', 'text_progress', 'fault_point', 'leave_process_group', 'ConfigMixin',
-           'reset_peak_memory', 'rss_mb', 'release_memory', 'lean_allocators', 'peak_memory_mb', 'track_memory']
+           'write_json', 'read_json', 'read_keyed', 'atomic_dir', 'stable_hash', 'sha256_file', 'versions', 'ClvqError',
+           'join_parts', 'git_commit', 'environment', 'text_progress', 'fault_point', 'leave_process_group',
+           'ConfigMixin', 'reset_peak_memory', 'rss_mb', 'release_memory', 'lean_allocators', 'peak_memory_mb',
+           'track_memory']
 
 # %% ../nbs/00_config.ipynb #af990963
 def clvq_home() -> Path:
@@ -94,6 +95,13 @@ def write_json(path: str | Path, obj: Any) -> Path:
 def read_json(path: str | Path) -> Any:
     "Read a JSON file."
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+def read_keyed(path: str | Path | None, key: Any, field: str) -> Any:
+    "`field` of a cache file written as `{'key': key, field: ...}` (`write_json`) when its key is `key`; None when the file is absent, unreadable or keyed otherwise."
+    if path is None: return None
+    try: c = read_json(path)
+    except (OSError, ValueError): return None
+    return c.get(field) if isinstance(c, dict) and c.get("key") == key else None
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:

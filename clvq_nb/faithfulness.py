@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ClvqError, read_json, stable_hash, write_json
+from .config import ClvqError, read_json, read_keyed, stable_hash, write_json
 from .metrics import (PROTOCOL_POINTS, EvalProtocol, ablation_figure, aggregate_seeds, causal_removal, evaluate_protocol,
                              layer_mean, protocols, run_ablation, sentence_labels, splice_report)
 
@@ -84,7 +84,7 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
             d = Path(dirs[name]); path = d / f"eval-{P.name}{'-causal' if causal else ''}.json"
             key = stable_hash({"protocol": P.to_dict(), "seed": int(seed), "causal": bool(causal), "method": stable_hash((d / "method.json").read_text()),
                                "salient": np.asarray(salient.index).tolist()}, 16)
-        got = _kept_rows(path, key)
+        got = read_keyed(path, key, "rows")
         if got is None:
             t0 = time.perf_counter()
             r = evaluate_protocol(m, dev, l_in, salient, P, mean=mean, seed=seed, progress=progress)
@@ -100,13 +100,6 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
             f"amnesic {r['acc_amnesic']:.3f}) {P.flag}")
         for k, row in got.items(): out[k].append(row)
     return out
-
-def _kept_rows(path: Path | None, key: str | None) -> dict | None:
-    "The rows kept in `path` by an earlier evaluation with the same `key`, or None."
-    if path is None or not path.exists(): return None
-    try: c = read_json(path)
-    except (OSError, ValueError): return None
-    return c["rows"] if isinstance(c, dict) and c.get("key") == key else None
 
 # %% ../nbs/10a_faithfulness.ipynb #59211a3f
 NOTEBOOK_DEFAULTS = {"protocol": "both", "folds": 20}   # faithfulness.ipynb: the experiment's parameters with these defaults
