@@ -77,7 +77,7 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
     mean = layer_mean(train, l_in)
     gold = sentence_labels(dev, "label")
     wpt = _dev_words(dev)
-    out = {"removal": [], "causal": [], "splice": []}
+    out, probes = {"removal": [], "causal": [], "splice": []}, {}     # probes: the original probe is trained once for all methods
     for name, m in methods.items():
         path, key = None, None
         if dirs:
@@ -87,7 +87,7 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
         got = read_keyed(path, key, "rows")
         if got is None:
             t0 = time.perf_counter()
-            r = evaluate_protocol(m, dev, l_in, salient, P, mean=mean, seed=seed, progress=progress)
+            r = evaluate_protocol(m, dev, l_in, salient, P, mean=mean, seed=seed, progress=progress, probes=probes)
             r.update(method=name, eval_seconds=round(time.perf_counter() - t0, 1)); got = {"removal": r}
             if causal:
                 c = causal_removal(p.clf.model, p.clf.tokenizer, wpt, salient, m, l_in, gold, P, mean=mean, seed=seed, progress=progress)

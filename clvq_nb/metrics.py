@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_metrics.ipynb #8c054ab0
 from __future__ import annotations
-import contextlib, math
+import contextlib, hashlib, math
 from typing import Sequence
 
 import numpy as np
@@ -657,6 +657,18 @@ def _fold_correct(net: FoldProbes, Z: torch.Tensor, y: torch.Tensor, splits) -> 
     for f, (_, te) in enumerate(splits): ok[te] = (pred[f, te] == y[te]).numpy()
     return ok
 
+def _memo_probes(memo: dict | None, Z: torch.Tensor, y: torch.Tensor, splits, kw: dict):
+    """`train_fold_probes(Z, y, splits, **kw)`, or the probes `memo` already holds for the same inputs and settings
+    (keyed by the bytes of `Z`, `y`, the splits and validation sets, and the other keywords; `memo=None`: no reuse).
+    Training is seeded, so a reused probe is the one that would be trained again."""
+    if memo is None: return train_fold_probes(Z, y, splits, **kw)
+    h = hashlib.sha256(repr(sorted((k, v) for k, v in kw.items() if k not in ("progress", "val_sets"))).encode())
+    for a in (torch.as_tensor(Z).float(), torch.as_tensor(y).long(), *(i for s in splits for i in s), *(kw.get("val_sets") or [])):
+        a = np.ascontiguousarray(np.asarray(a)); h.update(f"{a.dtype}{a.shape}".encode()); h.update(a.tobytes())
+    key = h.hexdigest()
+    if key not in memo: memo[key] = train_fold_probes(Z, y, splits, **kw)
+    return memo[key]
+
 def bootstrap_accuracy(correct: dict[str, np.ndarray], base: str = "original", n: int = 1000, level: float = 0.95,
                        seed: int = 0) -> dict:
     """Accuracy of each condition in `correct` (`{name: [S] bool}`, the same sentences) and its relative drop from
@@ -698,7 +710,7 @@ def _concept_dirs(method, ids, allow_empty: bool) -> list[torch.Tensor]:
 # %% ../nbs/09_metrics.ipynb #4408dca4
 def evaluate_protocol(method, cache, layer: int, salient, protocol: EvalProtocol | str = "sound",
                       mean: torch.Tensor | None = None, labels: Sequence[int] | None = None, seed: int = 0,
-                      progress: bool = False, keep_cos: bool = False) -> dict:
+                      progress: bool = False, keep_cos: bool = False, probes: dict | None = None) -> dict:
     """Concept removal of `method` on the sentences of `cache` (dev) under `protocol`, with the controls; one flat row.
 
     `salient`: a `clvq_nb.concepts.SalientTokens` computed with `protocol.salient_kwargs(layer)` (the tag may
@@ -708,7 +720,9 @@ def evaluate_protocol(method, cache, layer: int, salient, protocol: EvalProtocol
     acc_removed / acc_random (the protocol's control) / acc_random_gaussian / acc_random_code / acc_swap /
     acc_amnesic / acc_amnesic_random, each with _ci_low/_ci_high (bootstrap over sentences), relative_drop,
     random_relative_drop, code_relative_drop, swap_relative_drop (+ intervals), drop_vs_random, cos_mean,
-    cos_abs_mean, cos_q05/q50/q95, n_sentences, n_dropped, n_tag_salient, n_concepts_used, folds, seed."""
+    cos_abs_mean, cos_q05/q50/q95, n_sentences, n_dropped, n_tag_salient, n_concepts_used, folds, seed.
+    `probes`: a dict shared by calls on the same sentences (e.g. one per protocol and seed across methods): probes
+    trained on identical inputs (the original vectors; a random direction of the same rank) are trained once."""
     P = EvalProtocol.preset(protocol) if isinstance(protocol, str) else protocol
     rows = salient.rows(cache) if hasattr(salient, "rows") else salient_rows(cache, salient)
     ok = rows >= 0
@@ -742,10 +756,10 @@ def evaluate_protocol(method, cache, layer: int, salient, protocol: EvalProtocol
     # the probe, trained once on the original vectors; amnesic probes retrained on the removed ones
     splits = stratified_folds(y.numpy(), P.folds, seed)
     kw = dict(P.probe_kwargs(), seed=seed, progress=progress, val_sets=[te for _, te in splits] if P.leak else None)
-    net, info = train_fold_probes(X, y, splits, **kw)
+    net, info = _memo_probes(probes, X, y, splits, kw)
     correct = {k: _fold_correct(net, Z[k], y, splits) for k in ("original", "removed", "random_gaussian", "random_code", "swap")}
     for name, k in (("amnesic", "removed"), ("amnesic_random", "random_gaussian")):
-        correct[name] = _fold_correct(train_fold_probes(Z[k], y, splits, **kw)[0], Z[k], y, splits)
+        correct[name] = _fold_correct(_memo_probes(probes, Z[k], y, splits, kw)[0], Z[k], y, splits)
     correct["random"] = correct["random_gaussian" if P.random_control == "gaussian" else "random_code"]
     bs = bootstrap_accuracy(correct, "original", P.bootstrap, P.level, seed)
     row = {"method": _method_name(method), "protocol": P.name, "protocol_flag": P.flag, "layer": int(layer), "seed": int(seed)}
