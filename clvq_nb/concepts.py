@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_concepts.ipynb #c6a3ee52
 from __future__ import annotations
-import contextlib, functools, hashlib, json
+import contextlib, functools, hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ClvqError, read_json, read_keyed, stable_hash, write_json
+from .config import ClvqError, read_keyed, stable_hash, write_json
 from .metrics import (PROTOCOL_POINTS, EvalProtocol, ablation_figure, aggregate_seeds, causal_removal, evaluate_protocol,
                              layer_mean, protocols, run_ablation, sentence_labels, splice_report)
 
@@ -74,7 +74,8 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
     interrupted report resumes without evaluating a method twice."""
     train, dev = caches
     l_in = p.cfg.layer_in
-    mean = layer_mean(train, l_in)
+    means = {l_in: layer_mean(train, l_in)}                       # train-token mean per layer (the splice needs l_out's)
+    mean = means[l_in]
     gold = sentence_labels(dev, "label")
     wpt = _dev_words(dev)
     out, probes = {"removal": [], "causal": [], "splice": []}, {}     # probes: the original probe is trained once for all methods
@@ -91,7 +92,8 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
             r.update(method=name, eval_seconds=round(time.perf_counter() - t0, 1)); got = {"removal": r}
             if causal:
                 c = causal_removal(p.clf.model, p.clf.tokenizer, wpt, salient, m, l_in, gold, P, mean=mean, seed=seed, progress=progress)
-                s = splice_report(p.clf.model, p.clf.tokenizer, wpt, gold, m, mean=layer_mean(train, m.l_out), merge=P.subword_merge)
+                if m.l_out not in means: means[m.l_out] = layer_mean(train, m.l_out)
+                s = splice_report(p.clf.model, p.clf.tokenizer, wpt, gold, m, mean=means[m.l_out], merge=P.subword_merge)
                 for row in (c, s): row.update(method=name, protocol=P.name, protocol_flag=P.flag, seed=seed)
                 got.update(causal=c, splice=s)
             if path: write_json(path, {"key": key, "rows": got})
