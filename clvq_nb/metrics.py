@@ -20,8 +20,8 @@ __all__ = ['PROTOCOL_CHOICES', 'LEAK_FLAG', 'PRESETS', 'PROTOCOL_POINTS', 'sente
            'fvu_sums', 'fvu_from_sums', 'fvu', 'salient_rows', 'sentence_labels', 'evaluate_removal', 'EvalProtocol',
            'protocols', 'ablation_protocols', 'layer_mean', 'centred_project_out', 'assign_concepts',
            'bootstrap_accuracy', 'evaluate_protocol', 'aggregate_seeds', 'run_ablation', 'ablation_figure',
-           'hidden_hooks', 'project_edit', 'causal_removal', 'splice_positions', 'method_splice', 'splice_accuracy',
-           'splice_report']
+           'hidden_hooks', 'project_edit', 'BlockReplay', 'causal_removal', 'splice_positions', 'method_splice',
+           'splice_accuracy', 'splice_report']
 
 # %% ../nbs/09_metrics.ipynb #1c6d9a06
 def _rows_of(offsets: np.ndarray, kind: str, has_tag: np.ndarray) -> list[np.ndarray] | np.ndarray:
@@ -889,18 +889,59 @@ def _codebook(method):
     s = float(method.model.encoder.scale)
     return (lambda x: method.model.encoder(x.float()).float() / s), method.model.concept_vectors().float() / s
 
+# %% ../nbs/09_metrics.ipynb #79d8bc6a
+class BlockReplay:
+    """Run a transformers model's blocks up to `layer` once per batch, then only the blocks above it.
+
+    `with rp.record(): model(**inputs)` keeps the outputs of blocks 1..`layer` (the modules whose outputs are
+    `hidden_states[1..layer]`); inside `with rp.replay():` a pass on the *same* inputs makes those blocks return the
+    kept outputs at once, so only the embeddings and the blocks above `layer` compute. Edits at `layer` by
+    `hidden_hooks` still apply (the hook sees the kept output). The blocks above receive the same values as in a full
+    pass, so the logits are equal bit for bit. When the model's blocks are not each called once per pass (shared or
+    re-entered blocks), or `layer` is 0, `replay` runs the full model."""
+    def __init__(self, model, layer: int):
+        from clvq_nb.concepts import encoder_blocks
+        self.blocks = list(encoder_blocks(model))[:int(layer)] if layer > 0 else []
+        self.kept = None
+
+    @contextlib.contextmanager
+    def record(self):
+        kept, calls = [None] * len(self.blocks), [0] * len(self.blocks)
+        def keep(j):
+            def hook(mod, inp, out): kept[j] = out; calls[j] += 1
+            return hook
+        handles = [b.register_forward_hook(keep(j)) for j, b in enumerate(self.blocks)]
+        self.kept = None
+        try: yield self
+        finally:
+            for h in handles: h.remove()
+        self.kept = kept if calls and all(c == 1 for c in calls) else None
+
+    @contextlib.contextmanager
+    def replay(self):
+        if not self.kept:
+            yield self; return
+        saved = [b.__dict__.get("forward") for b in self.blocks]
+        for b, o in zip(self.blocks, self.kept): b.forward = lambda *a, _o=o, **k: _o
+        try: yield self
+        finally:
+            for b, f in zip(self.blocks, saved):
+                if f is None: del b.forward
+                else: b.forward = f
+
 # %% ../nbs/09_metrics.ipynb #461d09ad
 @torch.no_grad()
 def causal_removal(model, tokenizer, words_per_text: Sequence[Sequence[str]], salient, method, layer: int,
                    labels: Sequence[int], protocol: EvalProtocol | str = "sound", mean: torch.Tensor | None = None,
-                   seed: int = 0, batch_size: int = 32, max_length: int = 128, progress: bool = False) -> dict:
+                   seed: int = 0, batch_size: int = 32, max_length: int = 128, progress: bool = False, replay: bool = True) -> dict:
     """Remove each sentence's salient-token concept from that token's hidden states at `layer` (= `l_in`) and run on.
 
     `words_per_text`, `salient` (`SalientTokens`) and `labels: [S]` (gold) of the dev sentences; `mean: [d]`
     the train-token mean of `layer` (for `protocol.projection == 'centred'`). The token's concept comes from its
     hidden state in this forward pass (pieces averaged), under `protocol.assign`. Returns accuracies (`acc_clean`,
     `acc_removed`, `acc_random_removed`; for VQ methods `acc_swap`, `acc_random_swap`), flip rates against the
-    clean predictions (`flip_removed`, ...) and `n_sentences`."""
+    clean predictions (`flip_removed`, ...) and `n_sentences`. `replay` runs each condition from `layer` on
+    (`BlockReplay`: same logits, less compute)."""
     P = EvalProtocol.preset(protocol) if isinstance(protocol, str) else protocol
     words = [list(map(str, w)) for w in words_per_text]; y = np.asarray(labels)
     if len(words) != len(y) or len(words) != len(salient.index):
@@ -915,12 +956,13 @@ def causal_removal(model, tokenizer, words_per_text: Sequence[Sequence[str]], sa
     was = model.training; model.eval(); dev = next(model.parameters()).device
     items = np.flatnonzero((np.asarray(salient.index) >= 0) | np.asarray(salient.tag))
     res = {k: [] for k in ("clean", "removed", "random_removed") + (("swap", "random_swap") if cb else ())}
-    kept = []
+    kept, rp = [], BlockReplay(model, layer) if replay else None
     try:
         for b0 in tqdm(range(0, len(items), batch_size), desc="causal removal", disable=not progress, leave=False):
             batch = items[b0:b0 + batch_size]
             enc, inputs = _encode(tokenizer, [words[i] for i in batch], max_length, dev)
-            out = model(**inputs, output_hidden_states=True); H = out.hidden_states[layer].float()
+            with rp.record() if rp else contextlib.nullcontext(): out = model(**inputs, output_hidden_states=True)
+            H = out.hidden_states[layer].float()
             pos = [_word_positions(enc, r, int(salient.index[i]), bool(salient.tag[i])) for r, i in enumerate(batch)]
             good = [r for r, p in enumerate(pos) if p]
             if not good: continue
@@ -931,20 +973,22 @@ def causal_removal(model, tokenizer, words_per_text: Sequence[Sequence[str]], sa
             ids = assign_concepts(method, x, P.assign).long().numpy()
             inp = {k: v[sel.to(v.device)] for k, v in inputs.items()}; m = mask[sel]
             B, d = len(good), H.shape[-1]
+            whole = rp is not None and len(good) == len(batch)             # replay needs the recorded batch itself
             def edit(ks, delta=None):
                 Q = _bases(_concept_dirs(method, ks, allow_empty), B, d)[0] if ks is not None else torch.zeros(B, d, 1)
-                return {layer: project_edit(m, Q, mu if ks is not None else None, delta)}
+                with rp.replay() if whole else contextlib.nullcontext():
+                    return _logits(model, inp, {layer: project_edit(m, Q, mu if ks is not None else None, delta)}).argmax(-1).cpu()
             res["clean"].append(out.logits[sel.to(dev)].argmax(-1).cpu())
-            res["removed"].append(_logits(model, inp, edit(ids)).argmax(-1).cpu())
-            res["random_removed"].append(_logits(model, inp, edit(_other_ids(ids, pool, rng))).argmax(-1).cpu())
+            res["removed"].append(edit(ids))
+            res["random_removed"].append(edit(_other_ids(ids, pool, rng)))
             if cb:
                 enc_fn, C = cb
                 live = torch.as_tensor(pool)
                 order = live[torch.cdist(enc_fn(x), C[live]).argsort(1)]            # codes by distance, nearest first
                 own, nxt = order[:, 0], order[:, 1]
                 rnd = torch.as_tensor(_other_ids(own.numpy(), pool, rng))
-                res["swap"].append(_logits(model, inp, edit(None, C[nxt] - C[own])).argmax(-1).cpu())
-                res["random_swap"].append(_logits(model, inp, edit(None, C[rnd] - C[own])).argmax(-1).cpu())
+                res["swap"].append(edit(None, C[nxt] - C[own]))
+                res["random_swap"].append(edit(None, C[rnd] - C[own]))
             kept.append(batch[good])
     finally: model.train(was)
     idx = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
@@ -1005,23 +1049,25 @@ def method_splice(method, merge: str = "mean"):
 # %% ../nbs/09_metrics.ipynb #78b51672
 @torch.no_grad()
 def splice_accuracy(model, tokenizer, words_per_text: Sequence[Sequence[str]], labels: Sequence[int], layer: int,
-                    replacements: dict, batch_size: int = 32, max_length: int = 128, progress: bool = False) -> dict:
+                    replacements: dict, batch_size: int = 32, max_length: int = 128, progress: bool = False, replay: bool = True) -> dict:
     """Dev accuracy with `hidden_states[layer]` replaced at the tag and word pieces (`splice_positions`) by each of
     `replacements = {name: fn(hidden_states, enc) -> [B, T, d]}` (the clean pass's hidden states are given); also
-    `acc_clean`. Returns `{acc_clean, acc_<name>...}`."""
+    `acc_clean`. Returns `{acc_clean, acc_<name>...}`. `replay`: each replacement runs from `layer` on (`BlockReplay`)."""
     words = [list(map(str, w)) for w in words_per_text]; y = torch.as_tensor(np.asarray(labels))
     was = model.training; model.eval(); dev = next(model.parameters()).device
     hits = {k: 0 for k in ["clean", *replacements]}
+    rp = BlockReplay(model, layer) if replay else None
     try:
         for b0 in tqdm(range(0, len(words), batch_size), desc="splice", disable=not progress, leave=False):
             enc, inputs = _encode(tokenizer, words[b0:b0 + batch_size], max_length, dev)
             yb = y[b0:b0 + batch_size]
-            out = model(**inputs, output_hidden_states=True)
+            with rp.record() if rp else contextlib.nullcontext(): out = model(**inputs, output_hidden_states=True)
             hits["clean"] += int((out.logits.argmax(-1).cpu() == yb).sum())
             m = splice_positions(enc).to(dev)[..., None]
             for name, fn in replacements.items():
                 new = fn(out.hidden_states, enc).to(dev)
-                lg = _logits(model, inputs, {layer: lambda h, new=new: torch.where(m, new.to(h.dtype), h)})
+                with rp.replay() if rp else contextlib.nullcontext():
+                    lg = _logits(model, inputs, {layer: lambda h, new=new: torch.where(m, new.to(h.dtype), h)})
                 hits[name] += int((lg.argmax(-1).cpu() == yb).sum())
     finally: model.train(was)
     return {f"acc_{k}": v / max(len(words), 1) for k, v in hits.items()}

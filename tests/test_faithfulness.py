@@ -189,3 +189,47 @@ def test_causal_removal_runs_and_zero_effect_direction_flips_nothing(planted):
     r = causal_removal(model, tok, sents, st, Axes(d=16), 1, ys, EvalProtocol.preset("paper", **FAST))
     assert set(r) >= {"acc_clean", "acc_removed", "acc_random_removed", "flip_removed", "flip_random_removed"}
     assert 0 <= r["flip_removed"] <= 1 and r["n_sentences"] == 24
+
+
+# --- BlockReplay: the conditions run from the edited layer on, with the same logits as full passes ----------------
+
+def _tiny(kind):
+    "A random 4-block sequence classifier of each block output form: BERT (tensor), MPNet (tuple), GPT-2 (tuple, decoder)."
+    import transformers as tf
+    torch.manual_seed(0)
+    if kind == "bert": cfg = tf.BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32)
+    elif kind == "mpnet": cfg = tf.MPNetConfig(vocab_size=99, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32)
+    else: cfg = tf.GPT2Config(vocab_size=99, n_embd=16, n_layer=4, n_head=2, pad_token_id=0)
+    cls = {"bert": tf.BertForSequenceClassification, "mpnet": tf.MPNetForSequenceClassification, "gpt2": tf.GPT2ForSequenceClassification}[kind]
+    return cls(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["bert", "mpnet", "gpt2"])
+@pytest.mark.parametrize("layer", [1, 2, 4])
+def test_block_replay_equals_full_pass_and_skips_the_blocks_below(kind, layer):
+    from clvq_nb.concepts import encoder_blocks
+    from clvq_nb.metrics import BlockReplay
+    model = _tiny(kind)
+    ids = torch.randint(5, 90, (3, 7)); inp = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    rp = BlockReplay(model, layer)
+    with rp.record(): clean = _logits(model, inp)
+    calls = []      # a sub-module of the first block: it runs only if the block's own forward runs
+    sub = next(iter(encoder_blocks(model)[0].children())).register_forward_hook(lambda *a: calls.append(1))
+    for edit in (lambda h: h, lambda h: h * 0.5 + 1.0):
+        with rp.replay(): fast = _logits(model, inp, {layer: edit})
+        assert torch.equal(fast, _logits(model, inp, {layer: edit}))               # bit for bit, edit or none
+    with rp.replay(): assert torch.equal(_logits(model, inp), clean)
+    sub.remove()
+    assert len(calls) == 2                                                     # the two full passes ran block 1; the replays never
+
+
+def test_causal_and_splice_with_replay_equal_full_passes(planted):
+    model, tok = planted
+    sents, ys = _planted_task(40, seed=7)
+    st = salient_tokens(model, tok, [" ".join(s) for s in sents], sents, n_steps=8, progress=False)
+    P = EvalProtocol.preset("sound", **FAST)
+    a = causal_removal(model, tok, sents, st, Axes(d=16), 1, ys, P, mean=torch.zeros(16), batch_size=16)
+    b = causal_removal(model, tok, sents, st, Axes(d=16), 1, ys, P, mean=torch.zeros(16), batch_size=16, replay=False)
+    assert a == b
+    reps = {"zero": lambda hs, enc: torch.zeros_like(hs[1]), "half": lambda hs, enc: hs[1] * 0.5}
+    assert splice_accuracy(model, tok, sents, ys, 1, reps, batch_size=16) == splice_accuracy(model, tok, sents, ys, 1, reps, batch_size=16, replay=False)

@@ -1,0 +1,87 @@
+"""Benchmark of the causal-faithfulness hot path: interventions inside the classifier (issue 10, part 5).
+
+Ours: `causal_removal` + `splice_accuracy` with `replay=True` (`clvq_nb.metrics.BlockReplay`): each batch runs the
+model once, then every condition (concept removed, random concept, splice, zero- and mean-ablation) runs only the
+blocks above the edited layer. Peer, same run, same batches, edits and results: `replay=False`, i.e. one full forward
+pass per condition with a PyTorch forward hook editing the hidden state, which is what hook-based tools (nnsight,
+TransformerLens' `run_with_hooks`, baukit) run. Both must give the same results (checked and printed).
+
+Work: `--n` dev sentences of `--dataset`; a k-means-like method of `--k` centroids taken from the layer's word
+vectors; one random salient word per sentence; removal at `--layer` (default 2/3 of the depth: MiniLM 4, MPNet 8)
+and splices at `--layer` and at the last layer. Best of `--repeats` interleaved runs, CPU seconds too.
+
+    python bench/causal.py [--model default|mpnet|path] [--n 400] [--threads 1]
+"""
+import argparse, os, time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default", help="registry name (default, mpnet) or path")
+    ap.add_argument("--dataset", default="movie")
+    ap.add_argument("--n", type=int, default=400, help="dev sentences")
+    ap.add_argument("--layer", type=int, default=None, help="edited layer (default: round(2/3 of the depth))")
+    ap.add_argument("--k", type=int, default=50, help="centroids of the stand-in method")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from clvq_nb.baselines import KMeans
+    from clvq_nb.concepts import SalientTokens
+    from clvq_nb.data import load_data, word_tokenize
+    from clvq_nb.metrics import EvalProtocol, causal_removal, splice_accuracy
+    from clvq_nb.models import load_classifier, resolve_model_path
+
+    dsd = load_data(a.dataset)
+    dev = dsd["dev"].select(range(min(a.n, len(dsd["dev"]))))
+    words = [word_tokenize(t) for t in dev["text"]]; labels = list(dev["label"])
+    model, tok = load_classifier(resolve_model_path(a.model), label_names=dsd["train"].features["label"].names)
+    model.eval()
+    L = model.config.num_hidden_layers
+    layer = a.layer if a.layer is not None else round(2 * L / 3)
+    g = np.random.default_rng(0)
+    salient = SalientTokens(index=np.array([int(g.integers(len(w))) for w in words]), scores=[np.zeros(len(w)) for w in words],
+                            target=np.zeros(len(words), dtype=np.int64), words=words)
+    with torch.no_grad():                                           # the stand-in method: k word vectors of the layer
+        enc = tok(words[:64], is_split_into_words=True, truncation=True, max_length=128, padding=True, return_tensors="pt")
+        H = model(**enc, output_hidden_states=True).hidden_states[layer][enc["attention_mask"].bool()]
+    m = KMeans(n_clusters=a.k); m.l_in = m.l_out = layer; m.d_in = H.shape[1]
+    m.centroids = H[torch.as_tensor(g.choice(len(H), a.k, replace=False))].float().clone()
+    mu = H.mean(0)
+    P = EvalProtocol.preset("sound")
+    reps = {"zero": lambda hs, enc: torch.zeros_like(hs[layer]), "mean": lambda hs, enc: mu.expand_as(hs[layer]),
+            "half": lambda hs, enc: hs[layer] * 0.5}
+    last = {"zero": lambda hs, enc: torch.zeros_like(hs[L])}
+
+    def work(replay):
+        c = causal_removal(model, tok, words, salient, m, layer, labels, P, mean=mu, replay=replay)
+        s = splice_accuracy(model, tok, words, labels, layer, reps, replay=replay)
+        t = splice_accuracy(model, tok, words, labels, L, last, replay=replay)
+        return c, s, t
+
+    work(True)                                                      # warm-up
+    wall = {True: [], False: []}; cpu = {True: [], False: []}; res = {}
+    for _ in range(a.repeats):
+        for replay in (True, False):
+            t0, c0 = time.perf_counter(), time.process_time(); res[replay] = work(replay)
+            wall[replay].append(time.perf_counter() - t0); cpu[replay].append(time.process_time() - c0)
+    print(f"causal benchmark: model={a.model} ({L} layers) edited layer {layer}, last layer {L}, sentences={len(words)}, "
+          f"threads={torch.get_num_threads()}, repeats={a.repeats}")
+    print(f"conditions: removal (concept, random concept) at {layer}; splice (zero, mean, half) at {layer}; zero-ablation at {L}")
+    print(f"same results: {res[True] == res[False]}  (acc_clean {res[True][0]['acc_clean']:.3f}, acc_removed {res[True][0]['acc_removed']:.3f})")
+    for replay, label in ((True, "ours: BlockReplay (replay=True)        "), (False, "peer: full pass + forward hook (replay=False)")):
+        print(f"{label}: best {min(wall[replay]):7.2f} s wall, {min(cpu[replay]):7.2f} s CPU   runs: "
+              + " ".join(f"{t:.2f}" for t in wall[replay]))
+    r = min(wall[False]) / min(wall[True])
+    print(f"speed-up (peer / ours, best wall) = {r:.2f}x;  CPU: {min(cpu[False]) / min(cpu[True]):.2f}x")
+    return r
+
+
+if __name__ == "__main__":
+    main()
