@@ -161,7 +161,9 @@ class EvalConfig(ConfigMixin):
 _PARTS = {"data": DataConfig, "classifier": ClassifierConfig, "activations": ActivationConfig,
           "method": MethodConfig, "training": TrainingConfig, "evaluation": EvalConfig}
 _TOP = ("seed", "output_dir", "overwrite")  # leaf fields of ExperimentConfig itself
-_RUNTIME = ("output_dir", "overwrite")      # where results go, not what they are: not part of the run key
+# not part of the run key: where results go, and how many protocol presets / seeds to evaluate (each preset's and
+# seed's fits and evaluations are kept under their own folder and key, so 3 seeds resume a 1-seed run's seed 0)
+_RUNTIME = ("output_dir", "overwrite", "protocol", "protocol_seeds")
 
 def _leaf_fields() -> dict[str, str]:
     "Leaf field name -> the part that holds it ('' for ExperimentConfig's own)."
@@ -467,7 +469,7 @@ def vq_metrics(method, cache, l_in: int, l_out: int, max_sentences: int = 512) -
 # %% ../nbs/10_pipeline.ipynb #8aec0753
 def open_run(cfg: ExperimentConfig) -> Run:
     "Claim the run folder of `cfg` (see `Run.claim`) and record the config."
-    run = Run(cfg.run_dir()).claim(cfg.key(), overwrite=cfg.overwrite)
+    run = Run(cfg.run_dir()).claim(cfg.key(), overwrite=cfg.overwrite, ignore=_RUNTIME)
     run.update_info(config=cfg.to_dict())
     return run
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -118,12 +118,13 @@ def clear_results(self: Run) -> list[str]:
 
 # %% ../nbs/00a_runs.ipynb #6d3ba6ab
 @patch
-def claim(self: Run, key: dict, overwrite: bool = False) -> Run:
+def claim(self: Run, key: dict, overwrite: bool = False, ignore: Sequence[str] = ()) -> Run:
     """Make this folder the home of the experiment identified by `key` (its config without output paths).
-    A folder holding another experiment is refused unless `overwrite` (then its results are cleared)."""
+    A folder holding another experiment is refused unless `overwrite` (then its results are cleared). Fields in
+    `ignore` are not compared (fields a folder may have recorded before they left the key)."""
     rj = self.path / Run.files["run_json"]
     if rj.exists():
-        theirs = read_json(rj).get("key", {})
+        theirs = {k: v for k, v in read_json(rj).get("key", {}).items() if k not in ignore}
         if theirs != key:
             diff = sorted(k for k in set(key) | set(theirs) if key.get(k) != theirs.get(k))
             if not overwrite:
