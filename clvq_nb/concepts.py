@@ -19,7 +19,7 @@ from .config import atomic_path, read_json, read_keyed, stable_hash, write_json
 
 # %% auto #0
 __all__ = ['IG_CHOICES', 'assign_tokens', 'Concepts', 'summarise_concepts', 'extract_concepts', 'SalientTokens', 'encoder_blocks',
-           'hidden_state_module', 'recompute_blocks', 'salient_tokens', 'salient_tokens_prompt']
+           'hidden_state_module', 'patched_forwards', 'recompute_blocks', 'salient_tokens', 'salient_tokens_prompt']
 
 # %% ../nbs/08_concepts.ipynb #44e70dc9
 def _token_frame(cache) -> pd.DataFrame:
@@ -251,19 +251,25 @@ def hidden_state_module(model, layer: int) -> torch.nn.Module:
     return blocks[layer - 1]
 
 @contextlib.contextmanager
+def patched_forwards(modules, forwards):
+    "While open, each of `modules` runs the matching callable of `forwards` as its `forward` (hooks still fire); then restored."
+    modules = list(modules)
+    saved = [m.__dict__.get("forward") for m in modules]
+    for m, f in zip(modules, forwards): m.forward = f
+    try: yield
+    finally:
+        for m, f in zip(modules, saved):
+            if f is None: del m.forward
+            else: m.forward = f
+
+@contextlib.contextmanager
 def recompute_blocks(model):
     """While open, every encoder block of `model` keeps only its input for the backward pass and recomputes its own
     activations there (`torch.utils.checkpoint`): a backward pass holds one block's activations instead of all of
     them. The same operations run on the same values, so the gradients are the same, bit for bit (eval mode)."""
     from torch.utils.checkpoint import checkpoint
     blocks = list(encoder_blocks(model))
-    saved = [b.__dict__.get("forward") for b in blocks]
-    for b in blocks: b.forward = functools.partial(checkpoint, b.forward, use_reentrant=False)
-    try: yield
-    finally:
-        for b, f in zip(blocks, saved):
-            if f is None: del b.forward
-            else: b.forward = f
+    with patched_forwards(blocks, [functools.partial(checkpoint, b.forward, use_reentrant=False) for b in blocks]): yield
 
 # %% ../nbs/08_concepts.ipynb #17f1660c
 _MERGES = {"max": np.fmax, "sum": np.add}

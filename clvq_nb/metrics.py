@@ -919,15 +919,10 @@ class BlockReplay:
 
     @contextlib.contextmanager
     def replay(self):
+        from clvq_nb.concepts import patched_forwards
         if not self.kept:
             yield self; return
-        saved = [b.__dict__.get("forward") for b in self.blocks]
-        for b, o in zip(self.blocks, self.kept): b.forward = lambda *a, _o=o, **k: _o
-        try: yield self
-        finally:
-            for b, f in zip(self.blocks, saved):
-                if f is None: del b.forward
-                else: b.forward = f
+        with patched_forwards(self.blocks, [lambda *a, _o=o, **k: _o for o in self.kept]): yield self
 
 # %% ../nbs/09_metrics.ipynb #461d09ad
 @torch.no_grad()
