@@ -325,8 +325,9 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     memory stays flat for long texts (None: no cap; a cap regroups captum's sums, so scores can move in the last
     bits). `recompute` recomputes each encoder block's activations in the backward pass (`recompute_blocks`) instead of
     keeping all of them: about a fifth of the memory per pass for a third more compute, and the same scores bit
-    for bit. With `cache_path` (a .json file) results are saved after every batch
-    and reused by a later call with the same model, texts and settings. `absolute=True` ranks words by
+    for bit. With `cache_path` (a .json file) each sentence's token attributions are saved after every batch
+    and reused by a later call with the same model, texts and IG settings (steps, `site`, `baseline`, `targets`):
+    `norm`, `merge`, `absolute` and `exclude` only pick from them, so calls differing in those alone run IG once. `absolute=True` ranks words by
     |score| (as the authors' code: a word that pushes strongly against the prediction is salient too);
     `absolute=False` by the signed score (words that support the predicted class)."""
     from captum.attr import LayerIntegratedGradients
@@ -349,11 +350,13 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
     if site == "layer" and layer is None: raise ValueError("site='layer' needs layer= (the analysis layer l_in)")
     if targets is not None and len(targets) != len(texts): raise ValueError(f"{len(targets)} targets for {len(texts)} texts")
     S = len(texts)
+    # the cache keeps each sentence's raw token attributions, keyed by what IG computes; norm, merge, absolute and
+    # exclude only pick from them, so calls that differ in those alone share one IG run (the ablation's IG points)
     key = {"model": _model_fingerprint(model), "words": stable_hash(words, 16), "n_steps": n_steps,
-           "max_length": max_length, "method": method, "absolute": absolute,
+           "max_length": max_length, "method": method, "stored": "token_attributions",
            **({"max_pass_tokens": max_pass_tokens} if max_pass_tokens else {})}
-    if (site, baseline, norm, merge, exclude, targets) != ("embeddings", "pad", "words", "max", "specials", None):
-        key.update(site=site, layer=layer, baseline=baseline, norm=norm, merge=merge, exclude=exclude,
+    if (site, baseline, targets) != ("embeddings", "pad", None):
+        key.update(site=site, layer=layer if site == "layer" else None, baseline=baseline,
                    targets=None if targets is None else stable_hash([int(t) for t in targets], 16))
     cache_path = Path(cache_path) if cache_path else None
     done: dict[str, Any] = read_keyed(cache_path, key, "done") or {}
@@ -385,15 +388,16 @@ def salient_tokens(model, tokenizer, texts: Sequence[str], words_per_text: Seque
             a = attr.sum(-1).detach().float().cpu().numpy()                       # [B, T]
             real = am.bool().cpu().numpy()
             for r, i in enumerate(idx):
-                j, tag, sc, tag_sc = _pick(a[r], enc.word_ids(r), real[r], len(words[i]), norm, merge, absolute, exclude)
-                done[str(i)] = {"index": j, "tag": tag, "tag_score": None if np.isnan(tag_sc) else tag_sc,
-                                "target": int(target[r]), "scores": [None if np.isnan(x) else float(x) for x in sc]}
+                n = int(real[r].nonzero()[0].max()) + 1 if real[r].any() else 0     # up to the last real token
+                done[str(i)] = {"target": int(target[r]), "attr": a[r, :n].tolist(), "word_ids": enc.word_ids(r)[:n],
+                                "real": real[r, :n].astype(int).tolist()}
             if cache_path: write_json(cache_path, {"key": key, "done": done})
     finally: model.train(was)
-    sc = [np.array([np.nan if x is None else x for x in done[str(i)]["scores"]], dtype=float) for i in range(S)]
-    return SalientTokens(index=np.array([done[str(i)]["index"] for i in range(S)], dtype=np.int64), scores=sc,
+    picks = [_pick(np.asarray(d["attr"], dtype=np.float32), d["word_ids"], np.asarray(d["real"], dtype=bool), len(words[i]),
+                   norm, merge, absolute, exclude) for i, d in ((i, done[str(i)]) for i in range(S))]
+    return SalientTokens(index=np.array([j for j, *_ in picks], dtype=np.int64), scores=[sc for _, _, sc, _ in picks],
                          target=np.array([done[str(i)]["target"] for i in range(S)], dtype=np.int64), words=words,
-                         tag=np.array([bool(done[str(i)].get("tag", False)) for i in range(S)]))
+                         tag=np.array([tag for _, tag, _, _ in picks]))
 
 # %% ../nbs/08_concepts.ipynb #ea4bd6d9
 def _planted_task(n: int = 256, seed: int = 0) -> tuple[list[list[str]], list[int]]:

@@ -13,12 +13,13 @@ import pandas as pd
 import torch
 
 from .config import ClvqError, read_keyed, stable_hash, write_json
-from .metrics import (PROTOCOL_POINTS, EvalProtocol, ablation_figure, aggregate_seeds, causal_removal, evaluate_protocol,
+from .metrics import (PROTOCOL_POINTS, EvalProtocol, ablation_figure, ablation_protocols, aggregate_seeds, causal_removal, evaluate_protocol,
                              layer_mean, protocols, run_ablation, sentence_labels, splice_report)
 
 # %% auto #0
-__all__ = ['NOTEBOOK_DEFAULTS', 'NOTEBOOK_EXTRA', 'protocol_caches', 'fit_methods', 'protocol_salient', 'evaluate_methods',
-           'notebook_parameters_cell', 'report_from_parameters', 'faithfulness_report', 'ablation_table']
+__all__ = ['NOTEBOOK_DEFAULTS', 'NOTEBOOK_EXTRA', 'IG_COMPUTED', 'protocol_caches', 'fit_signature', 'fit_methods',
+           'protocol_salient', 'evaluate_methods', 'notebook_parameters_cell', 'report_from_parameters',
+           'faithfulness_report', 'ablation_plan', 'ablation_table']
 
 # %% ../nbs/10a_faithfulness.ipynb #4226a876
 def _dev_words(cache) -> list[list[str]]:
@@ -36,21 +37,38 @@ def protocol_caches(p, P: EvalProtocol, progress: bool = False):
                                  dataset_name=str(p.cfg.dataset)) for s in ("train", "dev"))
 
 # %% ../nbs/10a_faithfulness.ipynb #de54ebad
-def fit_methods(p, P: EvalProtocol, seed: int, names: Sequence[str], out: Path, train_cache, progress: bool = False,
-                log=print) -> dict:
-    "Each method of `names` fitted on `train_cache` with the experiment's settings, `seed` and the protocol's training side; saved in `out/<name>` and reused."
-    from clvq_nb.baselines import get_method, load_method
+def _unfitted(p, P: EvalProtocol, seed: int, name: str, out: Path):
+    "Method `name` as `fit_methods` builds it: the experiment's settings, `seed` and the protocol's training side (training output under `out`)."
+    from clvq_nb.baselines import get_method
     from clvq_nb.pipeline import method_for
     cfg = p.cfg.replace(seed=seed, memory=P.decoder_memory)
-    fs, ms = P.fit_settings(), {}
+    if name not in ("clvqvae", "vqvae"): return method_for(name, cfg, Path(out) / "train" / name)
+    fs = P.fit_settings()
+    model, train = cfg.vq_settings(Path(out) / "train" / name)
+    return get_method(name, codebook_size=cfg.codebook_size, seed=seed, model={**model, **fs["model"]}, train={**train, **fs["train"]})
+
+def fit_signature(p, P: EvalProtocol, seed: int, name: str) -> str:
+    """Hash of what fitting method `name` under `P` reads: its own settings (the training output folder aside) and the
+    activation cache's sub-word merge. Two protocols with the same signature give the same fit (k-means does not read
+    the VQ models' codebook init, say), so the ablation fits it once."""
+    c = _unfitted(p, P, seed, name, Path(".")).cfg.to_dict()
+    if isinstance(c.get("train"), dict): c["train"] = {k: v for k, v in c["train"].items() if k != "out_dir"}
+    return stable_hash({"method": name, "config": c, "merge": P.subword_merge}, 16)
+
+def fit_methods(p, P: EvalProtocol, seed: int, names: Sequence[str], out: Path, train_cache, progress: bool = False,
+                log=print, reuse: dict | None = None) -> dict:
+    """Each method of `names` fitted on `train_cache` with the experiment's settings, `seed` and the protocol's training
+    side; saved in `out/<name>` and reused. `reuse`: `{name: folder}` of methods already fitted with the same
+    `fit_signature`, loaded from there instead."""
+    from clvq_nb.baselines import load_method
+    cfg = p.cfg
+    ms = {}
     for name in names:
-        d = Path(out) / name
+        d = Path((reuse or {}).get(name) or Path(out) / name)
         if (d / "method.json").exists(): ms[name] = load_method(d); continue
+        if reuse and name in reuse: raise ClvqError(f"{name}: nothing fitted in {d} to reuse; fit it there first (fit_methods without reuse)")
         t0 = time.perf_counter()
-        if name in ("clvqvae", "vqvae"):
-            model, train = cfg.vq_settings(Path(out) / "train" / name)
-            m = get_method(name, codebook_size=cfg.codebook_size, seed=seed, model={**model, **fs["model"]}, train={**train, **fs["train"]})
-        else: m = method_for(name, cfg, Path(out) / "train" / name)
+        m = _unfitted(p, P, seed, name, out)
         l_out = cfg.layer_in if name == "vqvae" else (cfg.layer_out if m.cross_layer else None)
         m.fit(train_cache, cfg.layer_in, l_out, progress=progress)
         m.save(d); ms[name] = m
@@ -160,23 +178,48 @@ def _point_fields(side: str) -> tuple[str, ...]:
     "The `EvalProtocol` fields of the protocol points on `side`: 'ig' (the salient-word points) or 'train' (the training side)."
     return tuple(f for k, (fs, s) in PROTOCOL_POINTS.items() if (k.startswith("ig_") if side == "ig" else s == side) for f in fs)
 
-def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, causal: bool = False, progress: bool = False, log=print) -> pd.DataFrame:
-    """From `sound`, one point at a time switched to `paper`: removal rows of every method per variant (training-side variants refit).
-    A variant whose training side (or IG settings) equals a preset's reuses that preset's fits in `out/<preset>/seed<seed>`
-    (or its `out/salient-<preset>.json`) instead of refitting (recomputing) the same thing."""
+IG_COMPUTED = ("ig_site", "ig_baseline", "ig_target", "ig_steps")   # what an IG run computes; the other IG points pick from its attributions
+
+def ablation_plan(p, names: Sequence[str], seed: int, out: Path, over: dict) -> dict[str, dict]:
+    """Where each ablation variant's work lives: `{variant: {protocol, side, fit_dir, reuse, dirs, salient_dir, salient_name}}`.
+    A variant whose training side equals a preset's uses that preset's fits (`out/<preset>/seed<seed>`); otherwise its
+    own folder `out/ablation/<variant>`, with `reuse` = the base's fit of every method whose `fit_signature` the point
+    leaves unchanged. A variant whose IG run (`IG_COMPUTED`) equals a preset's reads that preset's kept attributions
+    (`out/salient-<preset>.json`) and applies its own picking points; otherwise `out/ablation/salient-<variant>.json`."""
     presets = {n: EvalProtocol.preset(n, **over) for n in ("sound", "paper")}
-    def twin(P, side):
-        "The preset whose `side` fields ('train' or 'ig') equal P's, or None."
-        return next((n for n, Q in presets.items() if all(getattr(P, f) == getattr(Q, f) for f in _point_fields(side))), None)
+    variants = ablation_protocols(presets["sound"], EvalProtocol.preset("paper", **over))
+    def twin(P, fields):
+        return next((n for n, Q in presets.items() if all(getattr(P, f) == getattr(Q, f) for f in fields)), None)
+    base_dir = Path(out) / "sound" / f"seed{seed}"
+    base_sig = {}
+    plan = {}
+    for v, (P, side) in variants.items():
+        n = twin(P, _point_fields("train"))
+        fit_dir = Path(out) / n / f"seed{seed}" if n else Path(out) / "ablation" / P.name
+        reuse = None
+        if n is None:
+            if not base_sig: base_sig = {m: fit_signature(p, presets["sound"], seed, m) for m in names}
+            reuse = {m: base_dir / m for m in names if fit_signature(p, P, seed, m) == base_sig[m]}
+        g = twin(P, IG_COMPUTED)
+        plan[v] = dict(protocol=P, side=side, fit_dir=fit_dir, reuse=reuse,
+                       dirs={m: (reuse or {}).get(m, fit_dir / m) for m in names},
+                       salient_dir=Path(out) if g else Path(out) / "ablation", salient_name=g)
+    return plan
+
+def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, causal: bool = False, progress: bool = False, log=print) -> pd.DataFrame:
+    """From `sound`, one point at a time switched to `paper`: removal rows of every method per variant. Each fit and IG
+    run is done once (`ablation_plan`): a training-side point refits only the methods that read it, an IG picking
+    point (norm, merge, abs, excluded tokens) reuses the IG run it shares."""
+    plan = ablation_plan(p, names, seed, out, over)
+    by_name = {pv["protocol"].name: pv for pv in plan.values()}
     def fit(P):
+        pv = by_name[P.name]
         caches = protocol_caches(p, P, progress)
-        n = twin(P, "train")
-        d = Path(out) / n / f"seed{seed}" if n else Path(out) / "ablation" / P.name
-        return {"caches": caches, "methods": fit_methods(p, P, seed, names, d, caches[0], progress, log), "dir": d}
+        return {"caches": caches, "methods": fit_methods(p, P, seed, names, pv["fit_dir"], caches[0], progress, log, reuse=pv["reuse"]), "plan": pv}
     def evaluate(P, fitted):
-        n = twin(P, "ig")
-        sal = protocol_salient(p, P, fitted["caches"][1], Path(out) if n else Path(out) / "ablation", progress, name=n)
+        pv = by_name[P.name]
+        sal = protocol_salient(p, P, fitted["caches"][1], pv["salient_dir"], progress, name=pv["salient_name"])
         return evaluate_methods(p, P, fitted["methods"], seed, fitted["caches"], sal, causal, progress, log,
-                                dirs={k: fitted["dir"] / k for k in fitted["methods"]})["removal"]
-    base = presets["sound"]
+                                dirs={k: fitted["plan"]["dirs"][k] for k in fitted["methods"]})["removal"]
+    base = plan["base"]["protocol"]
     return run_ablation(evaluate, methods={"base": fit(base)}, fit=fit, base=base, target=EvalProtocol.preset("paper", **over), log=log)
