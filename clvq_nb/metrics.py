@@ -969,21 +969,21 @@ def causal_removal(model, tokenizer, words_per_text: Sequence[Sequence[str]], sa
             inp = {k: v[sel.to(v.device)] for k, v in inputs.items()}; m = mask[sel]
             B, d = len(good), H.shape[-1]
             whole = rp is not None and len(good) == len(batch)             # replay needs the recorded batch itself
-            def edit(ks, delta=None):
+            def predict_edited(ks, delta=None):
                 Q = _bases(_concept_dirs(method, ks, allow_empty), B, d)[0] if ks is not None else torch.zeros(B, d, 1)
                 with rp.replay() if whole else contextlib.nullcontext():
                     return _logits(model, inp, {layer: project_edit(m, Q, mu if ks is not None else None, delta)}).argmax(-1).cpu()
             res["clean"].append(out.logits[sel.to(dev)].argmax(-1).cpu())
-            res["removed"].append(edit(ids))
-            res["random_removed"].append(edit(_other_ids(ids, pool, rng)))
+            res["removed"].append(predict_edited(ids))
+            res["random_removed"].append(predict_edited(_other_ids(ids, pool, rng)))
             if cb:
                 enc_fn, C = cb
                 live = torch.as_tensor(pool)
                 order = live[torch.cdist(enc_fn(x), C[live]).argsort(1)]            # codes by distance, nearest first
                 own, nxt = order[:, 0], order[:, 1]
                 rnd = torch.as_tensor(_other_ids(own.numpy(), pool, rng))
-                res["swap"].append(edit(None, C[nxt] - C[own]))
-                res["random_swap"].append(edit(None, C[rnd] - C[own]))
+                res["swap"].append(predict_edited(None, C[nxt] - C[own]))
+                res["random_swap"].append(predict_edited(None, C[rnd] - C[own]))
             kept.append(batch[good])
     finally: model.train(was)
     idx = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
