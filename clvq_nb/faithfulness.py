@@ -18,8 +18,8 @@ from .metrics import (PROTOCOL_POINTS, EvalProtocol, ablation_figure, ablation_p
 
 # %% auto #0
 __all__ = ['NOTEBOOK_DEFAULTS', 'NOTEBOOK_EXTRA', 'IG_COMPUTED', 'protocol_caches', 'fit_signature', 'fit_methods',
-           'protocol_salient', 'evaluate_methods', 'notebook_parameters_cell', 'report_from_parameters',
-           'faithfulness_report', 'ablation_plan', 'ablation_table']
+           'protocol_salient', 'evaluate_methods', 'parse_ablation_points', 'notebook_parameters_cell',
+           'report_from_parameters', 'faithfulness_report', 'ablation_plan', 'ablation_table']
 
 # %% ../nbs/10a_faithfulness.ipynb #4226a876
 def _dev_words(cache) -> list[list[str]]:
@@ -124,7 +124,16 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
 # %% ../nbs/10a_faithfulness.ipynb #59211a3f
 NOTEBOOK_DEFAULTS = {"protocol": "both", "folds": 20}   # faithfulness.ipynb: the experiment's parameters with these defaults
 NOTEBOOK_EXTRA = {"causal": (True, "causal removal and reconstruction splicing inside the classifier"),
-                  "ablation": (False, "one protocol point at a time from sound to paper (refits the training-side points)")}
+                  "ablation": (False, "one protocol point at a time from sound to paper (refits the training-side points)"),
+                  "ablation_points": ("", "with ablation: comma list of the points to switch, e.g. 'projection,ig_site' ('' is every point)")}
+
+def parse_ablation_points(points: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    "The ablation's points from a comma list (the `ablation_points` parameter); None for every point. Unknown names raise."
+    if points is None: return None
+    ps = tuple(s.strip() for s in (points.split(",") if isinstance(points, str) else points) if s.strip())
+    bad = [s for s in ps if s not in PROTOCOL_POINTS]
+    if bad: raise ClvqError(f"ablation_points: unknown point(s) {bad}; use a comma list of {list(PROTOCOL_POINTS)}, or '' for every point")
+    return ps or None
 
 def notebook_parameters_cell() -> str:
     "The source of faithfulness.ipynb's parameters cell (kept equal by a test): run.ipynb's with `NOTEBOOK_DEFAULTS` and `NOTEBOOK_EXTRA`."
@@ -136,16 +145,23 @@ def report_from_parameters(ns: dict, progress: bool = False, log=print):
     from clvq_nb.pipeline import check_parameters, prepare
     cfg = check_parameters({k: v for k, v in ns.items() if k not in NOTEBOOK_EXTRA})
     if cfg.protocol == "none": raise ClvqError("protocol='none' leaves this notebook nothing to do: use 'paper', 'sound' or 'both'")
+    points = parse_ablation_points(ns.get("ablation_points") or None)     # checked before the (long) preparation
+    if points and not ns.get("ablation", False): raise ClvqError(f"ablation_points={ns['ablation_points']!r} needs -p ablation True")
     p = prepare(cfg, progress=progress, log=log)
     return faithfulness_report(p, cfg.protocol, seeds=tuple(range(cfg.seed, cfg.seed + cfg.protocol_seeds)), causal=ns.get("causal", True),
-                               ablation=ns.get("ablation", False), ig_steps=cfg.ig_steps, folds=cfg.folds, progress=progress, log=log)
+                               ablation=ns.get("ablation", False), ablation_points=points, ig_steps=cfg.ig_steps, folds=cfg.folds,
+                               progress=progress, log=log)
 
 def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), methods: str | None = None,
                         causal: bool = True, ablation: bool = False, ig_steps: int | None = None, folds: int | None = None,
-                        out_dir: str | Path | None = None, progress: bool = False, log=print) -> dict[str, pd.DataFrame]:
+                        out_dir: str | Path | None = None, progress: bool = False, log=print,
+                        ablation_points: str | Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """Faithfulness of every method of prepared experiment `p` (`clvq_nb.pipeline.prepare`) under `protocol`
     ('paper' | 'sound' | 'both') and `seeds`; `ig_steps` / `folds` override the presets (CPU budgets);
-    `methods` defaults to the experiment's list. Writes the tables listed above; returns them as DataFrames."""
+    `methods` defaults to the experiment's list; `ablation_points` limits the ablation to those points (a CPU budget:
+    on MPNet each IG point is another IG run and each training point a refit). Writes the tables listed above; returns
+    them as DataFrames."""
+    points = parse_ablation_points(ablation_points)
     from clvq_nb.viz import PAPER_REFERENCE
     names = [m.strip() for m in methods.split(",")] if methods else p.cfg.method_list()
     over = {k: v for k, v in (("ig_steps", ig_steps), ("folds", folds)) if v is not None}
@@ -165,12 +181,13 @@ def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), 
     tables["removal_seeds"] = aggregate_seeds(rows["removal"])
     if ablation:
         t0 = time.perf_counter()
-        tables["ablation"] = ablation_table(p, names, seeds[0], out, over, causal=False, progress=progress, log=log)
+        tables["ablation"] = ablation_table(p, names, seeds[0], out, over, causal=False, progress=progress, log=log, points=points)
         ablation_figure(tables["ablation"]).write_html(out / "ablation.html", include_plotlyjs="cdn")
         times["ablation"] = round(time.perf_counter() - t0, 1)
     for k, t in tables.items(): t.drop(columns=[c for c in t.columns if c == "cos_values"]).to_csv(out / f"{k}.csv", index=False)
     write_json(out / "report.json", {"paper_reference": PAPER_REFERENCE, "seconds": times, "protocols": [P.to_dict() for P in protocols(protocol, **over)],
-                                     "seeds": list(seeds), "methods": names, "files": sorted(f"{k}.csv" for k in tables)})
+                                     "seeds": list(seeds), "methods": names, "ablation_points": list(points) if ablation and points else None,
+                                     "files": sorted(f"{k}.csv" for k in tables)})
     return tables
 
 # %% ../nbs/10a_faithfulness.ipynb #e693181d
@@ -180,14 +197,15 @@ def _point_fields(side: str) -> tuple[str, ...]:
 
 IG_COMPUTED = ("ig_site", "ig_baseline", "ig_target", "ig_steps")   # what an IG run computes; the other IG points pick from its attributions
 
-def ablation_plan(p, names: Sequence[str], seed: int, out: Path, over: dict) -> dict[str, dict]:
+def ablation_plan(p, names: Sequence[str], seed: int, out: Path, over: dict, points: Sequence[str] | None = None) -> dict[str, dict]:
     """Where each ablation variant's work lives: `{variant: {protocol, side, fit_dir, reuse, dirs, salient_dir, salient_name}}`.
     A variant whose training side equals a preset's uses that preset's fits (`out/<preset>/seed<seed>`); otherwise its
     own folder `out/ablation/<variant>`, with `reuse` = the base's fit of every method whose `fit_signature` the point
     leaves unchanged. A variant whose IG run (`IG_COMPUTED`) equals a preset's reads that preset's kept attributions
-    (`out/salient-<preset>.json`) and applies its own picking points; otherwise `out/ablation/salient-<variant>.json`."""
+    (`out/salient-<preset>.json`) and applies its own picking points; otherwise `out/ablation/salient-<variant>.json`.
+    `points`: only those points (and the base); None is every point."""
     presets = {n: EvalProtocol.preset(n, **over) for n in ("sound", "paper")}
-    variants = ablation_protocols(presets["sound"], EvalProtocol.preset("paper", **over))
+    variants = ablation_protocols(presets["sound"], EvalProtocol.preset("paper", **over), points)
     def twin(P, fields):
         return next((n for n, Q in presets.items() if all(getattr(P, f) == getattr(Q, f) for f in fields)), None)
     base_dir = Path(out) / "sound" / f"seed{seed}"
@@ -206,11 +224,12 @@ def ablation_plan(p, names: Sequence[str], seed: int, out: Path, over: dict) -> 
                        salient_dir=Path(out) if g else Path(out) / "ablation", salient_name=g)
     return plan
 
-def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, causal: bool = False, progress: bool = False, log=print) -> pd.DataFrame:
-    """From `sound`, one point at a time switched to `paper`: removal rows of every method per variant. Each fit and IG
-    run is done once (`ablation_plan`): a training-side point refits only the methods that read it, an IG picking
-    point (norm, merge, abs, excluded tokens) reuses the IG run it shares."""
-    plan = ablation_plan(p, names, seed, out, over)
+def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, causal: bool = False, progress: bool = False, log=print,
+                   points: Sequence[str] | None = None) -> pd.DataFrame:
+    """From `sound`, one point at a time switched to `paper` (every point, or those of `points`): removal rows of every
+    method per variant. Each fit and IG run is done once (`ablation_plan`): a training-side point refits only the
+    methods that read it, an IG picking point (norm, merge, abs, excluded tokens) reuses the IG run it shares."""
+    plan = ablation_plan(p, names, seed, out, over, points)
     by_name = {pv["protocol"].name: pv for pv in plan.values()}
     def fit(P):
         pv = by_name[P.name]
@@ -222,4 +241,5 @@ def ablation_table(p, names: Sequence[str], seed: int, out: Path, over: dict, ca
         return evaluate_methods(p, P, fitted["methods"], seed, fitted["caches"], sal, causal, progress, log,
                                 dirs={k: fitted["plan"]["dirs"][k] for k in fitted["methods"]})["removal"]
     base = plan["base"]["protocol"]
-    return run_ablation(evaluate, methods={"base": fit(base)}, fit=fit, base=base, target=EvalProtocol.preset("paper", **over), log=log)
+    return run_ablation(evaluate, methods={"base": fit(base)}, fit=fit, base=base, target=EvalProtocol.preset("paper", **over),
+                        points=points, log=log)
