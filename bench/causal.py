@@ -12,10 +12,10 @@ and splices at `--layer` and at the last layer. Best of `--repeats` interleaved 
 
     python bench/causal.py [--model default|mpnet|path] [--n 400] [--threads 1]
 """
-import argparse, os, time
+import argparse, os, sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import interleaved, report     # sets the offline environment first
 
 import numpy as np
 import torch
@@ -65,21 +65,12 @@ def main(argv=None):
         t = splice_accuracy(model, tok, words, labels, L, last, replay=replay)
         return c, s, t
 
-    work(True)                                                      # warm-up
-    wall = {True: [], False: []}; cpu = {True: [], False: []}; res = {}
-    for _ in range(a.repeats):
-        for replay in (True, False):
-            t0, c0 = time.perf_counter(), time.process_time(); res[replay] = work(replay)
-            wall[replay].append(time.perf_counter() - t0); cpu[replay].append(time.process_time() - c0)
+    wall, cpu, res = interleaved(lambda: work(True), lambda: work(False), a.repeats)
     print(f"causal benchmark: model={a.model} ({L} layers) edited layer {layer}, last layer {L}, sentences={len(words)}, "
           f"threads={torch.get_num_threads()}, repeats={a.repeats}")
     print(f"conditions: removal (concept, random concept) at {layer}; splice (zero, mean, half) at {layer}; zero-ablation at {L}")
-    print(f"same results: {res[True] == res[False]}  (acc_clean {res[True][0]['acc_clean']:.3f}, acc_removed {res[True][0]['acc_removed']:.3f})")
-    for replay, label in ((True, "ours: BlockReplay (replay=True)        "), (False, "peer: full pass + forward hook (replay=False)")):
-        print(f"{label}: best {min(wall[replay]):7.2f} s wall, {min(cpu[replay]):7.2f} s CPU   runs: "
-              + " ".join(f"{t:.2f}" for t in wall[replay]))
-    r = min(wall[False]) / min(wall[True])
-    print(f"speed-up (peer / ours, best wall) = {r:.2f}x;  CPU: {min(cpu[False]) / min(cpu[True]):.2f}x")
+    print(f"same results: {res['ours'] == res['peer']}  (acc_clean {res['ours'][0]['acc_clean']:.3f}, acc_removed {res['ours'][0]['acc_removed']:.3f})")
+    r = report(wall, cpu, {"ours": "ours: BlockReplay (replay=True)", "peer": "peer: full pass + forward hook (replay=False)"})
     return r
 
 
