@@ -6,12 +6,12 @@ for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"): os.
 
 
 def interleaved(ours, peer, repeats: int):
-    """Run `ours()` once to warm up, then `repeats` rounds of ours then peer. Returns ({'ours'|'peer': [wall s]},
-    {...: [CPU s]}, {...: last result})."""
-    ours()
+    """Run each side once to warm up, then `repeats` rounds of both, alternating which goes first. Returns
+    ({'ours'|'peer': [wall s]}, {...: [CPU s]}, {...: last result})."""
+    ours(); peer()
     wall, cpu, res = {"ours": [], "peer": []}, {"ours": [], "peer": []}, {}
-    for _ in range(repeats):
-        for k, f in (("ours", ours), ("peer", peer)):
+    for i in range(repeats):
+        for k, f in ((("ours", ours), ("peer", peer)) if i % 2 == 0 else (("peer", peer), ("ours", ours))):
             t0, c0 = time.perf_counter(), time.process_time(); res[k] = f()
             wall[k].append(time.perf_counter() - t0); cpu[k].append(time.process_time() - c0)
     return wall, cpu, res

@@ -313,9 +313,11 @@ def _ig_from_layer(model, layer: int, ids, base, am, target, n_steps: int, metho
     path points: one pass each on the inputs and the baselines gives the layer's two ends, then every path point is
     handed to the blocks above while the blocks up to `layer` return it without computing. captum's
     `LayerIntegratedGradients` computes the same attributions but runs the whole model per path point. None when a
-    block is not called once per pass (shared blocks): the caller then runs captum's."""
+    block is not called once per pass (shared blocks) or returns more than its hidden states: the caller then runs captum's."""
     from captum.attr import IntegratedGradients
-    blocks = list(encoder_blocks(model))[:layer]
+    every = list(encoder_blocks(model))
+    if len({id(b) for b in every}) != len(every): return None    # one module at two depths: skipping it below would skip it above
+    blocks = every[:layer]
     got = []
     hk = blocks[-1].register_forward_hook(lambda m, i, o: got.append(o))
     try:
@@ -323,9 +325,11 @@ def _ig_from_layer(model, layer: int, ids, base, am, target, n_steps: int, metho
     finally: hk.remove()
     if len(got) != 2: return None
     tup = isinstance(got[0], tuple)
+    if tup and any(x is not None for x in got[0][1:]): return None   # attention weights etc. of the block: not ours to fake
+    rest = (None,) * (len(got[0]) - 1) if tup else ()
     ends = [o[0] if tup else o for o in got]                    # the layer's output for the inputs, for the baselines
     def above(h, ids_r, am_r):                                  # logits with the path point h as block `layer`'s output
-        skip = (lambda *a, **k: (h,)) if tup else (lambda *a, **k: h)
+        skip = (lambda *a, **k: (h, *rest)) if tup else (lambda *a, **k: h)
         with patched_forwards(blocks, [skip] * len(blocks)):
             return model(input_ids=ids_r, attention_mask=am_r).logits
     return IntegratedGradients(above).attribute(ends[0], baselines=ends[1], target=target, additional_forward_args=(ids, am),

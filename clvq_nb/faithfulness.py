@@ -127,12 +127,18 @@ NOTEBOOK_EXTRA = {"causal": (True, "causal removal and reconstruction splicing i
                   "ablation": (False, "one protocol point at a time from sound to paper (refits the training-side points)"),
                   "ablation_points": ("", "with ablation: comma list of the points to switch, e.g. 'projection,ig_site' ('' is every point)")}
 
-def parse_ablation_points(points: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    "The ablation's points from a comma list (the `ablation_points` parameter); None for every point. Unknown names raise."
+def parse_ablation_points(points: str | Sequence[str] | None, over: dict | None = None) -> tuple[str, ...] | None:
+    """The ablation's points from a comma list (the `ablation_points` parameter), without repeats; None for every point.
+    A name that is not a point, or a point on which `sound` and `paper` (with the overrides `over`, e.g. `ig_steps`)
+    agree, so that switching it would change nothing, raises."""
     if points is None: return None
-    ps = tuple(s.strip() for s in (points.split(",") if isinstance(points, str) else points) if s.strip())
+    ps = tuple(dict.fromkeys(s.strip() for s in (points.split(",") if isinstance(points, str) else points) if s.strip()))
     bad = [s for s in ps if s not in PROTOCOL_POINTS]
     if bad: raise ClvqError(f"ablation_points: unknown point(s) {bad}; use a comma list of {list(PROTOCOL_POINTS)}, or '' for every point")
+    differ = [k for k in ablation_protocols(EvalProtocol.preset("sound", **(over or {})), EvalProtocol.preset("paper", **(over or {}))) if k != "base"]
+    same = [s for s in ps if s not in differ]
+    if same: raise ClvqError(f"ablation_points: {same} {'is' if len(same) == 1 else 'are'} the same in sound and paper here, so switching "
+                             f"changes nothing; the points that differ: {differ}")
     return ps or None
 
 def notebook_parameters_cell() -> str:
@@ -145,7 +151,7 @@ def report_from_parameters(ns: dict, progress: bool = False, log=print):
     from clvq_nb.pipeline import check_parameters, prepare
     cfg = check_parameters({k: v for k, v in ns.items() if k not in NOTEBOOK_EXTRA})
     if cfg.protocol == "none": raise ClvqError("protocol='none' leaves this notebook nothing to do: use 'paper', 'sound' or 'both'")
-    points = parse_ablation_points(ns.get("ablation_points") or None)     # checked before the (long) preparation
+    points = parse_ablation_points(ns.get("ablation_points") or None, {"ig_steps": cfg.ig_steps, "folds": cfg.folds})   # before the (long) preparation
     if points and not ns.get("ablation", False): raise ClvqError(f"ablation_points={ns['ablation_points']!r} needs -p ablation True")
     p = prepare(cfg, progress=progress, log=log)
     return faithfulness_report(p, cfg.protocol, seeds=tuple(range(cfg.seed, cfg.seed + cfg.protocol_seeds)), causal=ns.get("causal", True),
@@ -161,10 +167,11 @@ def faithfulness_report(p, protocol: str = "both", seeds: Sequence[int] = (0,), 
     `methods` defaults to the experiment's list; `ablation_points` limits the ablation to those points (a CPU budget:
     on MPNet each IG point is another IG run and each training point a refit). Writes the tables listed above; returns
     them as DataFrames."""
-    points = parse_ablation_points(ablation_points)
     from clvq_nb.viz import PAPER_REFERENCE
     names = [m.strip() for m in methods.split(",")] if methods else p.cfg.method_list()
     over = {k: v for k, v in (("ig_steps", ig_steps), ("folds", folds)) if v is not None}
+    points = parse_ablation_points(ablation_points, over)
+    if points and not ablation: raise ClvqError(f"ablation_points={ablation_points!r} needs ablation=True")
     out = Path(out_dir) if out_dir else p.cfg.run_dir() / "faithfulness"
     out.mkdir(parents=True, exist_ok=True)
     rows = {"removal": [], "causal": [], "splice": []}; times = {}
