@@ -96,7 +96,7 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
     mean = means[l_in]
     gold = sentence_labels(dev, "label")
     wpt = _dev_words(dev)
-    out, probes = {"removal": [], "causal": [], "splice": []}, {}     # probes: the original probe is trained once for all methods
+    out, probes, ablated = {"removal": [], "causal": [], "splice": []}, {}, {}   # probes: the original probe is trained once for all methods; ablated: the splice's zero/mean baselines once per layer
     for name, m in methods.items():
         path, key = None, None
         if dirs:
@@ -111,7 +111,7 @@ def evaluate_methods(p, P: EvalProtocol, methods: dict, seed: int, caches, salie
             if causal:
                 c = causal_removal(p.clf.model, p.clf.tokenizer, wpt, salient, m, l_in, gold, P, mean=mean, seed=seed, progress=progress)
                 if m.l_out not in means: means[m.l_out] = layer_mean(train, m.l_out)
-                s = splice_report(p.clf.model, p.clf.tokenizer, wpt, gold, m, mean=means[m.l_out], merge=P.subword_merge)
+                s = splice_report(p.clf.model, p.clf.tokenizer, wpt, gold, m, mean=means[m.l_out], merge=P.subword_merge, baselines=ablated)
                 for row in (c, s): row.update(method=name, protocol=P.name, protocol_flag=P.flag, seed=seed)
                 got.update(causal=c, splice=s)
             if path: write_json(path, {"key": key, "rows": got})

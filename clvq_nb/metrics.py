@@ -1068,15 +1068,24 @@ def splice_accuracy(model, tokenizer, words_per_text: Sequence[Sequence[str]], l
     return {f"acc_{k}": v / max(len(words), 1) for k, v in hits.items()}
 
 # %% ../nbs/09_metrics.ipynb #4d4faa9d
-def splice_report(model, tokenizer, words_per_text, labels, method, mean: torch.Tensor, merge: str = "mean", **kw) -> dict:
+def splice_report(model, tokenizer, words_per_text, labels, method, mean: torch.Tensor, merge: str = "mean",
+                  baselines: dict | None = None, **kw) -> dict:
     """Accuracy kept when `method`'s reconstruction replaces the hidden states at its layer, beside zero- and
     mean-ablation (`mean: [d]` the train-token mean of that layer): `acc_clean, acc_splice, acc_zero, acc_mean,
-    kept` (= splice / clean), `recovered_vs_zero`, `recovered_vs_mean` ((splice - ablated) / (clean - ablated))."""
+    kept` (= splice / clean), `recovered_vs_zero`, `recovered_vs_mean` ((splice - ablated) / (clean - ablated)).
+    `baselines`: a dict kept across calls on the same model, texts and labels (`evaluate_methods` keeps one): the
+    zero- and mean-ablation of a layer (and mean) run at its first call and are read from it after, so five methods
+    at two layers run them twice, not five times."""
     layer, fn = method_splice(method, merge)
     mu = torch.as_tensor(mean).float()
-    r = splice_accuracy(model, tokenizer, words_per_text, labels, layer,
-                        {"splice": fn, "zero": lambda hs, enc: torch.zeros_like(hs[layer]),
-                         "mean": lambda hs, enc: mu.to(hs[layer].dtype).expand_as(hs[layer])}, **kw)
+    ablate = {"zero": lambda hs, enc: torch.zeros_like(hs[layer]),
+              "mean": lambda hs, enc: mu.to(hs[layer].dtype).expand_as(hs[layer])}
+    key = (layer, len(words_per_text), hashlib.sha1(mu.numpy().tobytes()).hexdigest(),
+           tuple(sorted((k, v) for k, v in kw.items() if k != "progress")))
+    known = None if baselines is None else baselines.get(key)
+    r = splice_accuracy(model, tokenizer, words_per_text, labels, layer, {"splice": fn, **({} if known else ablate)}, **kw)
+    if known: r.update(known)
+    elif baselines is not None: baselines[key] = {f"acc_{b}": r[f"acc_{b}"] for b in ablate}
     c = r["acc_clean"]
     r.update(method=_method_name(method), layer=layer, kept=r["acc_splice"] / c if c > 0 else math.nan,
              **{f"recovered_vs_{b}": (r["acc_splice"] - r[f"acc_{b}"]) / (c - r[f"acc_{b}"]) if c != r[f"acc_{b}"] else math.nan

@@ -174,12 +174,35 @@ def test_splicing_true_activations_recovers_accuracy_exactly(planted):
     sents, ys = _planted_task(40, seed=5)
     acc = splice_accuracy(model, tok, sents, ys, 1, {"true": lambda hs, enc: hs[1], "zero": lambda hs, enc: torch.zeros_like(hs[1])})
     assert acc["acc_true"] == acc["acc_clean"] and acc["acc_clean"] > 0.5
-    class Identity:   # a method whose reconstruction is its input, spliced at its own layer
-        name, l_in, l_out = "identity", 1, 1
-        def encode(self, x): return x
-        def decode(self, f): return f
     r = splice_report(model, tok, sents, ys, Identity(), mean=torch.zeros(16))
     assert r["acc_splice"] == r["acc_clean"] and r["kept"] == 1.0                 # one piece per word here: exact
+
+
+class Identity:   # a method whose reconstruction is its input, spliced at its own layer
+    name, l_in, l_out = "identity", 1, 1
+    def encode(self, x): return x
+    def decode(self, f): return f
+
+
+class Halve(Identity):   # another method at the same layer: its reconstruction is half its input
+    name = "halve"
+    def decode(self, f): return f / 2
+
+
+def test_splice_baselines_run_once_per_layer_and_mean(planted, monkeypatch):
+    import clvq_nb.metrics as M
+    model, tok = planted
+    sents, ys = _planted_task(40, seed=5)
+    mu = torch.linspace(-1, 1, 16)
+    fresh = {m.name: splice_report(model, tok, sents, ys, m, mean=mu) for m in (Identity(), Halve())}
+    seen, real = [], M.splice_accuracy
+    monkeypatch.setattr(M, "splice_accuracy", lambda *a, **k: seen.append(sorted(a[5])) or real(*a, **k))
+    kept = {}
+    got = {m.name: M.splice_report(model, tok, sents, ys, m, mean=mu, baselines=kept) for m in (Identity(), Halve())}
+    assert seen == [["mean", "splice", "zero"], ["splice"]]                   # the second method reads the baselines
+    assert got == fresh                                                      # and every figure is the same
+    M.splice_report(model, tok, sents, ys, Halve(), mean=torch.zeros(16), baselines=kept)
+    assert seen[-1] == ["mean", "splice", "zero"] and len(kept) == 2         # another mean is another baseline
 
 
 def test_causal_removal_runs_and_zero_effect_direction_flips_nothing(planted):
