@@ -12,39 +12,23 @@ and splices at `--layer` and at the last layer. Best of `--repeats` interleaved 
 
     python bench/causal.py [--model default|mpnet|path] [--n 400] [--threads 1]
 """
-import argparse, os, sys
+import os, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import interleaved, report     # sets the offline environment first
+from _harness import classifier_parser, interleaved, load_classifier_bench, report   # sets the offline environment first
 
 import numpy as np
 import torch
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default", help="registry name (default, mpnet) or path")
-    ap.add_argument("--dataset", default="movie")
-    ap.add_argument("--n", type=int, default=400, help="dev sentences")
-    ap.add_argument("--layer", type=int, default=None, help="edited layer (default: round(2/3 of the depth))")
+    ap = classifier_parser(__doc__, n=400, layer_help="edited layer")
     ap.add_argument("--k", type=int, default=50, help="centroids of the stand-in method")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
     from clvq_nb.baselines import KMeans
     from clvq_nb.concepts import SalientTokens
-    from clvq_nb.data import load_data, word_tokenize
     from clvq_nb.metrics import EvalProtocol, causal_removal, splice_accuracy
-    from clvq_nb.models import load_classifier, resolve_model_path
-
-    dsd = load_data(a.dataset)
-    dev = dsd["dev"].select(range(min(a.n, len(dsd["dev"]))))
-    words = [word_tokenize(t) for t in dev["text"]]; labels = list(dev["label"])
-    model, tok = load_classifier(resolve_model_path(a.model), label_names=dsd["train"].features["label"].names)
-    model.eval()
-    L = model.config.num_hidden_layers
-    layer = a.layer if a.layer is not None else round(2 * L / 3)
+    words, labels, model, tok, L, layer = load_classifier_bench(a)
     g = np.random.default_rng(0)
     salient = SalientTokens(index=np.array([int(g.integers(len(w))) for w in words]), scores=[np.zeros(len(w)) for w in words],
                             target=np.zeros(len(words), dtype=np.int64), words=words)

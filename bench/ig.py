@@ -13,37 +13,21 @@ baseline, predicted class, all-token norm, final separator excluded) at `--layer
 
     python bench/ig.py [--model default|mpnet|path] [--n 32] [--steps 20] [--threads 1]
 """
-import argparse, os, sys
+import os, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import interleaved, report     # sets the offline environment first
+from _harness import classifier_parser, interleaved, load_classifier_bench, report   # sets the offline environment first
 
 import numpy as np
 import torch
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default", help="registry name (default, mpnet) or path")
-    ap.add_argument("--dataset", default="movie")
-    ap.add_argument("--n", type=int, default=32, help="dev sentences")
+    ap = classifier_parser(__doc__, n=32, layer_help="attribution layer")
     ap.add_argument("--steps", type=int, default=20, help="IG steps")
-    ap.add_argument("--layer", type=int, default=None, help="attribution layer (default: round(2/3 of the depth))")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
     from clvq_nb.concepts import salient_tokens
-    from clvq_nb.data import load_data, word_tokenize
-    from clvq_nb.models import load_classifier, resolve_model_path
-
-    dsd = load_data(a.dataset)
-    dev = dsd["dev"].select(range(min(a.n, len(dsd["dev"]))))
-    words = [word_tokenize(t) for t in dev["text"]]
-    model, tok = load_classifier(resolve_model_path(a.model), label_names=dsd["train"].features["label"].names)
-    model.eval()
-    L = model.config.num_hidden_layers
-    layer = a.layer if a.layer is not None else round(2 * L / 3)
+    words, _, model, tok, L, layer = load_classifier_bench(a)
     kw = dict(n_steps=a.steps, site="layer", layer=layer, baseline="zeros", norm="all", exclude="final_sep", progress=False)
     texts = [" ".join(w) for w in words]
     work = lambda skip: salient_tokens(model, tok, texts, words, skip_below=skip, **kw)

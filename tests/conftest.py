@@ -27,3 +27,19 @@ def tiny_model(tmp_path_factory):
     m, t = tiny_bert(num_labels=2, hidden=32, layers=4, heads=2)
     m.save_pretrained(d); t.save_pretrained(d)
     return d
+
+
+@pytest.fixture
+def run_bench():
+    """`run_bench(name, *args)`: `main(args)` of bench/<name>.py (loaded from its file, as `python bench/<name>.py` runs
+    it) with the torch thread count restored after; returns what `main` returns."""
+    import importlib.util, pathlib
+    import torch
+    def run(name: str, *args: str):
+        path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+        threads = torch.get_num_threads()
+        try: return mod.main(list(args))
+        finally: torch.set_num_threads(threads)
+    return run

@@ -119,14 +119,8 @@ def test_salient_bad_input(planted):
     with pytest.raises(ValueError, match="at least 2 steps"): salient_tokens(model, tok, ["a"], [["a"]], n_steps=1)
 
 
-def test_ig_bench_script_runs_small(capsys):
+def test_ig_bench_script_runs_small(capsys, run_bench):
     "bench/ig.py runs end to end on the embedded default (4 sentences, 4 steps) and both IG paths pick the same words."
-    import importlib.util, pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ig.py"
-    spec = importlib.util.spec_from_file_location("bench_ig", path)
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    threads = torch.get_num_threads()
-    try: r = mod.main(["--n", "4", "--steps", "4", "--repeats", "1", "--threads", "1"])
-    finally: torch.set_num_threads(threads)
+    r = run_bench("ig", "--n", "4", "--steps", "4", "--repeats", "1", "--threads", "1")
     out = capsys.readouterr().out
     assert r > 0 and "same picks: True" in out and "peer: captum LayerIntegratedGradients" in out

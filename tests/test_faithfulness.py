@@ -256,3 +256,10 @@ def test_causal_and_splice_with_replay_equal_full_passes(planted):
     assert a == b
     reps = {"zero": lambda hs, enc: torch.zeros_like(hs[1]), "half": lambda hs, enc: hs[1] * 0.5}
     assert splice_accuracy(model, tok, sents, ys, 1, reps, batch_size=16) == splice_accuracy(model, tok, sents, ys, 1, reps, batch_size=16, replay=False)
+
+
+def test_causal_bench_script_runs_small(capsys, run_bench):
+    "bench/causal.py runs end to end on the embedded default (8 sentences) and the replayed and hooked passes agree."
+    r = run_bench("causal", "--n", "8", "--k", "4", "--repeats", "1", "--threads", "1")
+    out = capsys.readouterr().out
+    assert r > 0 and "same results: True" in out and "peer: full pass + forward hook" in out

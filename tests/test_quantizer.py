@@ -144,16 +144,8 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         torch.testing.assert_close(r[0]["state"][key], getattr(single, key), rtol=1e-5, atol=1e-5)
 
 
-def test_bench_script_runs_small():
+def test_bench_script_runs_small(run_bench):
     "bench/quantizer.py runs end to end (tiny shapes) and reports the three ratios."
     pytest.importorskip("vector_quantize_pytorch")
-    import importlib.util, pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "quantizer.py"
-    spec = importlib.util.spec_from_file_location("bench_quantizer", path)
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    threads = torch.get_num_threads()
-    try:
-        res = mod.main(["--batch", "256", "--dim", "16", "--codes", "32", "--reps", "2", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
+    res = run_bench("quantizer", "--batch", "256", "--dim", "16", "--codes", "32", "--reps", "2", "--threads", "1")
     assert len(res["ratios"]) == 3 and all(v[0] > 0 and v[1] > 0 for v in res["ratios"].values())
