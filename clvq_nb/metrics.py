@@ -1080,7 +1080,7 @@ def splice_report(model, tokenizer, words_per_text, labels, method, mean: torch.
     mu = torch.as_tensor(mean).float()
     ablate = {"zero": lambda hs, enc: torch.zeros_like(hs[layer]),
               "mean": lambda hs, enc: mu.to(hs[layer].dtype).expand_as(hs[layer])}
-    key = (layer, len(words_per_text), hashlib.sha1(mu.numpy().tobytes()).hexdigest(),
+    key = (layer, len(words_per_text), hashlib.sha1(mu.detach().cpu().numpy().tobytes()).hexdigest(),
            tuple(sorted((k, v) for k, v in kw.items() if k != "progress")))
     known = None if baselines is None else baselines.get(key)
     r = splice_accuracy(model, tokenizer, words_per_text, labels, layer, {"splice": fn, **({} if known else ablate)}, **kw)

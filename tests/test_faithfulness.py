@@ -203,6 +203,8 @@ def test_splice_baselines_run_once_per_layer_and_mean(planted, monkeypatch):
     assert got == fresh                                                      # and every figure is the same
     M.splice_report(model, tok, sents, ys, Halve(), mean=torch.zeros(16), baselines=kept)
     assert seen[-1] == ["mean", "splice", "zero"] and len(kept) == 2         # another mean is another baseline
+    M.splice_report(model, tok, sents, ys, Halve(), mean=mu.clone().requires_grad_(), baselines=kept)   # keyed from a
+    assert seen[-1] == ["splice"] and len(kept) == 2                         # detached CPU copy: any tensor works
 
 
 def test_causal_removal_runs_and_zero_effect_direction_flips_nothing(planted):
